@@ -1,0 +1,26 @@
+"""sae_circuits: exact attribution graphs with SAELens transcoders on TransformerLens models.
+
+Example:
+    >>> import sae_circuits as sc
+    >>> transcoders = sc.load_transcoders("path/to/folder")
+    >>> graph = sc.attribute(model, "The capital of the state containing Dallas is", transcoders)
+    >>> graph.adjacency, graph.nodes, graph.edges(), graph.logits
+"""
+
+from sae_circuits._version import __version__
+from sae_circuits.attribution import attribute
+from sae_circuits.graph import AttributionGraph
+from sae_circuits.hooks import HookNotFoundError
+from sae_circuits.replacement import replacement
+from sae_circuits.transcoders import PerLayerTranscoderSet, TranscoderSet, load_transcoders
+
+__all__ = [
+    "AttributionGraph",
+    "HookNotFoundError",
+    "PerLayerTranscoderSet",
+    "TranscoderSet",
+    "__version__",
+    "attribute",
+    "load_transcoders",
+    "replacement",
+]

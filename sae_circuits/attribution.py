@@ -1,0 +1,407 @@
+"""``attribute``: the attribution graph of a prompt (Ameisen et al. 2025, "Circuit Tracing").
+
+The graph's nodes are the active transcoder features, one error node per (layer, position), one
+token node per position and the salient logits at the last position. The weight of edge
+``(t, s)`` is the *direct effect* of source ``s`` on target ``t`` in the prompt's local
+replacement model with attention patterns, norm scales and error terms frozen: a linear model, so
+the effect is exact. For a feature target it is the effect on the feature's pre-activation; for a
+logit it is the effect on the demeaned logit before any soft-capping. A source feature acts
+through ``a_s * W_dec[s]`` (written at every layer it decodes to), an error node through its error
+vector, a token through its embedding.
+
+Rows are computed in batches by backward passes (see ``_tracing``) and stored sparse as they come;
+with ``max_feature_nodes`` only the features with the most influence on the logits get rows,
+chosen as in the paper: logit rows first, then, every ``update_interval`` batches, the features
+are ranked by their influence computed from the rows so far and the most influential unvisited
+ones are visited next.
+
+Example:
+    >>> import sae_circuits as sc
+    >>> graph = sc.attribute(model, "The capital of the state containing Dallas is", transcoders)
+    >>> graph.logits
+    >>> graph.edges().nlargest(10, "weight")
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+from tqdm.auto import tqdm
+from transformer_lens import HookedTransformer
+
+from sae_circuits._tracing import Trace, trace
+from sae_circuits._version import __version__
+from sae_circuits.graph import AttributionGraph
+from sae_circuits.influence import propagate, row_normalize
+from sae_circuits.replacement import check_compatible
+from sae_circuits.transcoders.sets import TranscoderSet
+
+__all__ = ["attribute", "select_logits", "to_tokens"]
+
+logger = logging.getLogger(__name__)
+
+Prompt = str | Sequence[int] | torch.Tensor
+
+
+def attribute(
+    model: HookedTransformer,
+    prompt: Prompt,
+    transcoders: TranscoderSet,
+    *,
+    max_n_logits: int = 10,
+    desired_logit_prob: float = 0.95,
+    max_feature_nodes: int | None = None,
+    batch_size: int = 256,
+    update_interval: int = 4,
+    attention_sink: bool = True,
+    progress: bool | None = None,
+) -> AttributionGraph:
+    """Compute the attribution graph of ``prompt``.
+
+    Args:
+        model: The user's ``HookedTransformer``; it is only hooked for the call (no hooks,
+            ``requires_grad`` flags or modules are left changed, also on error).
+        prompt: Text (tokenised with ``model.tokenizer``, BOS as the model's default), a list of
+            token ids, or a 1-D tensor of token ids.
+        transcoders: A transcoder set covering every layer (see :func:`load_transcoders`).
+        max_n_logits: At most this many logit nodes.
+        desired_logit_prob: Keep the smallest top-k logits whose probability reaches this.
+        max_feature_nodes: Visit at most this many features, in order of influence on the
+            logits; ``None`` for all active features.
+        batch_size: Targets per backward pass.
+        update_interval: Batches between re-rankings of the features (with ``max_feature_nodes``).
+        attention_sink: Treat position 0 as an attention sink: no features or error vector there.
+        progress: Show a progress bar; default: when stderr is a terminal.
+
+    Returns:
+        The :class:`AttributionGraph`.
+
+    Raises:
+        ValueError: Empty or too long prompt, token ids out of range, invalid sizes or
+            probabilities, or transcoders that do not fit the model.
+        TypeError: A ``str`` prompt for a model without tokenizer, or an unsupported prompt type.
+        FloatingPointError: Non-finite activations in the forward pass.
+    """
+    _check_sizes(max_n_logits, desired_logit_prob, max_feature_nodes, batch_size, update_interval)
+    tokens = to_tokens(model, prompt)
+    resolved = check_compatible(model, transcoders)
+    start = time.perf_counter()
+    tr = trace(model, tokens, resolved, attention_sink=attention_sink)
+    logit_ids, logit_probs = select_logits(tr.logits, max_n_logits, desired_logit_prob)
+    n_active = tr.n_active
+    n_select = n_active if max_feature_nodes is None else min(max_feature_nodes, n_active)
+    logger.info(
+        "traced %d tokens: %d active features, %d logits; attributing %d features",
+        tr.n_pos, n_active, len(logit_ids), n_select,
+    )
+    show = sys.stderr.isatty() if progress is None else progress
+    bar = tqdm(total=len(logit_ids) + n_select, desc="attribution", disable=not show, unit="row")
+    try:
+        rows = _RowStore(tr.n_sources)
+        logit_vecs = tr.logit_vectors(logit_ids)
+        for lo in range(0, len(logit_ids), batch_size):
+            hi = min(lo + batch_size, len(logit_ids))
+            block = tr.rows(
+                torch.full((hi - lo,), tr.n_layers),
+                torch.full((hi - lo,), tr.n_pos - 1),
+                logit_vecs[lo:hi],
+            )
+            rows.add(np.arange(tr.n_sources + lo, tr.n_sources + hi), block)
+            bar.update(hi - lo)
+        visited = _visit_features(tr, rows, logit_probs, n_select, batch_size, update_interval, bar)
+    finally:
+        bar.close()
+    settings = {
+        "max_n_logits": max_n_logits,
+        "desired_logit_prob": desired_logit_prob,
+        "max_feature_nodes": max_feature_nodes,
+        "batch_size": batch_size,
+        "update_interval": update_interval,
+        "attention_sink": attention_sink,
+    }
+    graph = _assemble(model, prompt, tr, rows, visited, logit_ids, logit_probs, settings)
+    logger.info("attribution done in %.2fs: %r", time.perf_counter() - start, graph)
+    return graph
+
+
+def _check_sizes(
+    max_n_logits: int,
+    desired_logit_prob: float,
+    max_feature_nodes: int | None,
+    batch_size: int,
+    update_interval: int,
+) -> None:
+    def is_int(v: Any) -> bool:
+        return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+    if not is_int(max_n_logits) or max_n_logits < 1:
+        raise ValueError(f"max_n_logits must be an integer >= 1, got {max_n_logits!r}")
+    if not isinstance(desired_logit_prob, (int, float)) or not 0.0 < desired_logit_prob <= 1.0:
+        raise ValueError(f"desired_logit_prob must be in (0, 1], got {desired_logit_prob!r}")
+    if max_feature_nodes is not None and (not is_int(max_feature_nodes) or max_feature_nodes < 0):
+        raise ValueError(
+            f"max_feature_nodes must be None (all features) or an integer >= 0, got {max_feature_nodes!r}"
+        )
+    if not is_int(batch_size) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    if not is_int(update_interval) or update_interval < 1:
+        raise ValueError(f"update_interval must be an integer >= 1, got {update_interval!r}")
+
+
+def to_tokens(model: HookedTransformer, prompt: Prompt) -> torch.Tensor:
+    """Turn a prompt into a ``(n,)`` CPU tensor of token ids, checked against the model.
+
+    Args:
+        model: The model (its tokenizer for text, ``d_vocab`` and ``n_ctx`` for checks).
+        prompt: Text, a list of ids or a 1-D tensor of ids.
+
+    Returns:
+        ``(n,)`` int64 tensor.
+
+    Raises:
+        TypeError: Text without a tokenizer, or an unsupported prompt type.
+        ValueError: Empty prompt, longer than ``n_ctx``, or ids outside ``[0, d_vocab)``.
+    """
+    if isinstance(prompt, str):
+        if not prompt.strip():
+            raise ValueError("the prompt is empty")
+        if getattr(model, "tokenizer", None) is None:
+            raise TypeError(
+                "a text prompt needs model.tokenizer, and this model has none; pass token ids "
+                "(a list or 1-D tensor) or set model.tokenizer"
+            )
+        tokens = _tokenize(model, prompt)
+    elif isinstance(prompt, torch.Tensor):
+        if prompt.ndim == 2 and prompt.shape[0] == 1:
+            prompt = prompt[0]
+        if prompt.ndim != 1:
+            raise ValueError(f"a tensor prompt must be 1-D token ids, got shape {tuple(prompt.shape)}")
+        if prompt.dtype.is_floating_point or prompt.dtype == torch.bool:
+            raise TypeError(f"token ids must be integers, got dtype {prompt.dtype}")
+        tokens = prompt.detach().to("cpu", torch.long)
+    elif isinstance(prompt, Sequence):
+        if not all(isinstance(t, (int, np.integer)) and not isinstance(t, bool) for t in prompt):
+            raise TypeError("a list prompt must hold integer token ids")
+        tokens = torch.tensor(list(prompt), dtype=torch.long)
+    else:
+        raise TypeError(
+            f"unsupported prompt type {type(prompt).__name__}; expected str, list of ids or 1-D tensor"
+        )
+    if tokens.numel() == 0:
+        raise ValueError("the prompt is empty")
+    if tokens.numel() > model.cfg.n_ctx:
+        raise ValueError(
+            f"the prompt has {tokens.numel()} tokens, more than the model's n_ctx={model.cfg.n_ctx}"
+        )
+    bad = (tokens < 0) | (tokens >= model.cfg.d_vocab)
+    if bad.any():
+        raise ValueError(
+            f"token ids {tokens[bad].tolist()[:5]} are outside [0, d_vocab={model.cfg.d_vocab})"
+        )
+    return tokens
+
+
+def _tokenize(model: HookedTransformer, text: str) -> torch.Tensor:
+    if model.cfg.tokenizer_prepends_bos is not None:  # set up by model.set_tokenizer
+        return model.to_tokens(text)[0].cpu()
+    # a tokenizer assigned directly (model.tokenizer = ...): BOS as the model's default
+    tok = model.tokenizer
+    assert tok is not None
+    ids = list(tok(text, add_special_tokens=False)["input_ids"])
+    bos = tok.bos_token_id
+    if model.cfg.default_prepend_bos and bos is not None and (not ids or ids[0] != bos):
+        ids = [bos, *ids]
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def select_logits(
+    logits: torch.Tensor, max_n_logits: int, desired_logit_prob: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The smallest top-k (k <= ``max_n_logits``) whose probability reaches ``desired_logit_prob``.
+
+    Args:
+        logits: ``(d_vocab,)`` logits at the last position.
+        max_n_logits: Upper bound on k.
+        desired_logit_prob: Target cumulative probability.
+
+    Returns:
+        ``(k,)`` token ids and ``(k,)`` probabilities, most probable first.
+    """
+    probs = torch.softmax(logits.double(), dim=-1)
+    top_p, top_idx = torch.topk(probs, min(max_n_logits, probs.numel()))
+    cutoff = int(torch.searchsorted(torch.cumsum(top_p, 0), desired_logit_prob)) + 1
+    cutoff = min(cutoff, len(top_idx))
+    return top_idx[:cutoff].cpu(), top_p[:cutoff].float().cpu()
+
+
+class _RowStore:
+    """Attribution rows kept sparse as they are computed (COO chunks, node ids of the rows)."""
+
+    def __init__(self, n_sources: int) -> None:
+        self.n_sources = n_sources
+        self.nodes: list[np.ndarray] = []
+        self.rows: list[np.ndarray] = []
+        self.cols: list[np.ndarray] = []
+        self.vals: list[np.ndarray] = []
+        self.n_rows = 0
+
+    def add(self, nodes: np.ndarray, block: torch.Tensor) -> None:
+        r, c = torch.nonzero(block, as_tuple=True)
+        self.vals.append(block[r, c].float().cpu().numpy())
+        self.rows.append((r.cpu().numpy() + self.n_rows).astype(np.int64))
+        self.cols.append(c.cpu().numpy().astype(np.int64))
+        self.nodes.append(np.asarray(nodes, dtype=np.int64))
+        self.n_rows += len(nodes)
+
+    def coo(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Row node ids, then (row, col, value) of every stored entry."""
+        cat = lambda xs, dt: np.concatenate(xs) if xs else np.zeros(0, dtype=dt)  # noqa: E731
+        return (
+            cat(self.nodes, np.int64),
+            cat(self.rows, np.int64),
+            cat(self.cols, np.int64),
+            cat(self.vals, np.float32),
+        )
+
+
+def _visit_features(
+    tr: Trace,
+    rows: _RowStore,
+    logit_probs: torch.Tensor,
+    n_select: int,
+    batch_size: int,
+    update_interval: int,
+    bar: Any,
+) -> np.ndarray:
+    """Compute feature rows; returns the visited features (indices into the active features)."""
+    n_active = tr.n_active
+    visited = np.zeros(n_active, dtype=bool)
+    n_visited = 0
+    while n_visited < n_select:
+        if n_select == n_active:
+            pending = np.arange(n_active)
+        else:
+            influence = _partial_influence(rows, tr.n_sources, logit_probs.numpy())
+            rank = torch.argsort(torch.from_numpy(influence[:n_active]), descending=True).numpy()
+            queue = min(update_interval * batch_size, n_select - n_visited)
+            pending = rank[~visited[rank]][:queue]
+        if n_select == n_active:
+            # all rows: order by layer so that each batch stops low in the model
+            pending = pending[np.argsort(tr.feature_layer.numpy()[pending], kind="stable")]
+        for lo in range(0, len(pending), batch_size):
+            idx = pending[lo : lo + batch_size]
+            sel = torch.from_numpy(idx)
+            block = tr.rows(tr.feature_layer[sel], tr.feature_pos[sel], tr.encoder_vectors(sel))
+            rows.add(idx, block)
+            visited[idx] = True
+            n_visited += len(idx)
+            bar.update(len(idx))
+    return np.flatnonzero(visited)
+
+
+def _partial_influence(rows: _RowStore, n_sources: int, logit_probs: np.ndarray) -> np.ndarray:
+    """Influence of every node on the logits from the rows computed so far."""
+    nodes, r, c, v = rows.coo()
+    n_nodes = n_sources + len(logit_probs)
+    m = sp.csr_array((v, (r, c)), shape=(rows.n_rows, n_nodes))
+    seed = np.zeros(n_nodes)
+    seed[n_sources:] = logit_probs
+    return propagate(row_normalize(m, eps=1e-8), seed, row_to_node=nodes)
+
+
+def _token_strings(model: HookedTransformer, ids: Sequence[int]) -> list[str | None]:
+    tok = getattr(model, "tokenizer", None)
+    if tok is None:
+        return [None] * len(ids)
+    try:
+        return [tok.decode([int(i)]) for i in ids]
+    except Exception:  # a tokenizer that cannot decode single ids: leave strings out
+        logger.debug("could not decode token ids", exc_info=True)
+        return [None] * len(ids)
+
+
+def _assemble(
+    model: HookedTransformer,
+    prompt: Prompt,
+    tr: Trace,
+    rows: _RowStore,
+    visited: np.ndarray,
+    logit_ids: torch.Tensor,
+    logit_probs: torch.Tensor,
+    settings: dict[str, Any],
+) -> AttributionGraph:
+    n_layers, n, n_active = tr.n_layers, tr.n_pos, tr.n_active
+    n_sel, n_logits = len(visited), len(logit_ids)
+    n_nodes = n_sel + (n_layers + 1) * n + n_logits
+    # source column -> node index (unvisited features dropped)
+    col_map = np.full(tr.n_sources, -1, dtype=np.int64)
+    col_map[visited] = np.arange(n_sel)
+    col_map[n_active:] = np.arange(n_sel, n_sel + (n_layers + 1) * n)
+    # row node (active feature id, or n_sources + logit j) -> node index
+    row_map = np.full(tr.n_sources + n_logits, -1, dtype=np.int64)
+    row_map[visited] = np.arange(n_sel)
+    row_map[tr.n_sources :] = np.arange(n_nodes - n_logits, n_nodes)
+    nodes_of_rows, r, c, v = rows.coo()
+    target = row_map[nodes_of_rows[r]]
+    source = col_map[c]
+    keep = source >= 0
+    adjacency = sp.csr_array(
+        (v[keep], (target[keep], source[keep])), shape=(n_nodes, n_nodes), dtype=np.float32
+    )
+    adjacency.sum_duplicates()
+
+    tokens = tr.tokens.tolist()
+    logit_list = logit_ids.tolist()
+    tok_str = _token_strings(model, tokens)
+    logit_str = _token_strings(model, logit_list)
+    sel = torch.from_numpy(visited)
+    na = pd.NA
+    kind = (
+        ["feature"] * n_sel + ["error"] * (n_layers * n) + ["token"] * n + ["logit"] * n_logits
+    )
+    layer = [*tr.feature_layer[sel].tolist(), *np.repeat(np.arange(n_layers), n).tolist()]
+    layer += [na] * (n + n_logits)
+    position = [*tr.feature_pos[sel].tolist(), *np.tile(np.arange(n), n_layers).tolist()]
+    position += [*range(n), *([n - 1] * n_logits)]
+    feature = [*tr.feature_idx[sel].tolist()] + [na] * ((n_layers + 1) * n + n_logits)
+    token_id = [na] * (n_sel + n_layers * n) + tokens + logit_list
+    activation = [*tr.feature_act[sel].tolist()] + [na] * ((n_layers + 1) * n + n_logits)
+    probability = [na] * (n_nodes - n_logits) + logit_probs.tolist()
+    token = [None] * (n_sel + n_layers * n) + tok_str + logit_str
+    nodes = pd.DataFrame(
+        {
+            "kind": pd.Categorical(kind, categories=["feature", "error", "token", "logit"]),
+            "layer": pd.array(layer, dtype="Int64"),
+            "position": pd.array(position, dtype="Int64"),
+            "feature": pd.array(feature, dtype="Int64"),
+            "token_id": pd.array(token_id, dtype="Int64"),
+            "activation": pd.array(activation, dtype="Float32"),
+            "probability": pd.array(probability, dtype="Float32"),
+            "token": pd.array(token, dtype="string"),
+        }
+    )
+    logits = pd.DataFrame(
+        {
+            "token_id": np.asarray(logit_list, dtype=np.int64),
+            "token": pd.array(logit_str, dtype="string"),
+            "probability": logit_probs.numpy().astype(np.float32),
+        }
+    )
+    metadata: dict[str, Any] = {
+        "prompt": prompt if isinstance(prompt, str) else None,
+        "tokens": tokens,
+        "model_name": getattr(model.cfg, "model_name", None),
+        "transcoders": tr.resolved.transcoders.describe(),
+        "n_active_features": n_active,
+        "settings": settings,
+        "sae_circuits_version": __version__,
+    }
+    return AttributionGraph(adjacency=adjacency, nodes=nodes, logits=logits, metadata=metadata)

@@ -1,0 +1,210 @@
+"""Tiny models and transcoders built from configs, offline, for tests, examples and the demo.
+
+Three architecture styles that TransformerLens supports and that stress different parts of
+attribution:
+
+* ``"gpt2"``: LayerNorm (centring is part of the linear map), learned positional embeddings,
+  GELU MLP; transcoders on ``hook_resid_mid`` -> ``hook_mlp_out``.
+* ``"llama"``: RMSNorm, gated SiLU MLP, grouped-query attention, rotary; transcoders on the
+  MLP's own input/output (``mlp.hook_in`` -> ``mlp.hook_out``, as the public Llama/Qwen releases).
+* ``"gemma2"``: RMSNorm before *and* after attention and MLP, attention and output soft-caps,
+  alternating local/global attention; transcoders on ``ln2.hook_normalized`` -> ``hook_mlp_out``.
+
+Weights are random but deliberately large, so the model is far from linear and an attribution
+mistake shows. Transcoder encoder biases are calibrated on a prompt so a chosen fraction of
+features fire.
+
+Example:
+    >>> model = tiny_model("llama", seed=0)
+    >>> transcoders = tiny_transcoders(model, "skip", seed=0)
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+from sae_lens import (
+    JumpReLUTranscoder,
+    JumpReLUTranscoderConfig,
+    SkipTranscoder,
+    SkipTranscoderConfig,
+    Transcoder,
+    TranscoderConfig,
+)
+from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+from sae_circuits.toy.tokenizer import word_tokenizer
+
+__all__ = ["ARCHS", "HOOKS", "tiny_model", "tiny_transcoders"]
+
+Arch = Literal["gpt2", "llama", "gemma2"]
+Kind = Literal["relu", "jumprelu", "skip"]
+
+#: HookedTransformerConfig keyword arguments of each style (sizes are filled in by tiny_model).
+ARCHS: dict[str, dict[str, Any]] = {
+    "gpt2": dict(
+        act_fn="gelu_new", normalization_type="LN", positional_embedding_type="standard"
+    ),
+    "llama": dict(
+        act_fn="silu",
+        normalization_type="RMS",
+        gated_mlp=True,
+        positional_embedding_type="rotary",
+        final_rms=True,
+        eps=1e-5,
+        n_key_value_heads=2,
+    ),
+    "gemma2": dict(
+        act_fn="gelu_pytorch_tanh",
+        normalization_type="RMS",
+        gated_mlp=True,
+        positional_embedding_type="rotary",
+        final_rms=True,
+        use_normalization_before_and_after=True,
+        attn_scores_soft_cap=50.0,
+        output_logits_soft_cap=30.0,
+        use_local_attn=True,
+        window_size=4,
+        eps=1e-6,
+        n_key_value_heads=2,
+        original_architecture="Gemma2ForCausalLM",
+    ),
+}
+
+#: Transcoder input/output hook suffixes of each style, as the public releases use them.
+HOOKS: dict[str, tuple[str, str]] = {
+    "gpt2": ("hook_resid_mid", "hook_mlp_out"),
+    "llama": ("mlp.hook_in", "mlp.hook_out"),
+    "gemma2": ("ln2.hook_normalized", "hook_mlp_out"),
+}
+
+
+def tiny_model(
+    arch: Arch = "gpt2",
+    *,
+    seed: int = 0,
+    n_layers: int = 3,
+    d_model: int = 32,
+    n_heads: int = 4,
+    d_vocab: int = 64,
+    n_ctx: int = 64,
+    weight_scale: float = 1.0,
+) -> HookedTransformer:
+    """A small random ``HookedTransformer`` of one architecture style, with a word tokenizer.
+
+    Args:
+        arch: ``"gpt2"``, ``"llama"`` or ``"gemma2"``.
+        seed: Seed of the weights.
+        n_layers, d_model, n_heads, d_vocab, n_ctx: Sizes.
+        weight_scale: Multiplier on the random matrices (larger: more non-linear).
+
+    Returns:
+        A float32 CPU model whose ``tokenizer`` maps words ``t0 ... t{d_vocab-1}`` to ids.
+    """
+    if arch not in ARCHS:
+        raise ValueError(f"unknown arch {arch!r}; valid choices: {', '.join(ARCHS)}")
+    kw = dict(ARCHS[arch])
+    d_head = d_model // n_heads
+    kw.update(
+        n_layers=n_layers,
+        d_model=d_model,
+        n_heads=n_heads,
+        d_head=d_head,
+        d_mlp=3 * d_model,
+        d_vocab=d_vocab,
+        n_ctx=n_ctx,
+        dtype=torch.float32,
+        device="cpu",
+        seed=seed,
+    )
+    if kw.get("positional_embedding_type") == "rotary":
+        kw["rotary_dim"] = d_head
+    if arch == "gemma2":
+        kw["attn_types"] = (["global", "local"] * n_layers)[:n_layers]
+    model = HookedTransformer(HookedTransformerConfig(**kw))
+    gen = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, prm in model.named_parameters():
+            if name.endswith(".w") and prm.dim() == 1:
+                prm.copy_(1 + 0.2 * torch.randn(prm.shape, generator=gen))
+            elif prm.dim() == 2:
+                prm.copy_(weight_scale * torch.randn(prm.shape, generator=gen) / prm.shape[-2] ** 0.5)
+            elif prm.dim() > 2:
+                prm.copy_(weight_scale * 0.3 * torch.randn(prm.shape, generator=gen))
+            else:
+                prm.copy_(0.05 * torch.randn(prm.shape, generator=gen))
+    model.tokenizer = word_tokenizer([f"t{i}" for i in range(d_vocab)], bos="t0", unk="t1")
+    return model
+
+
+def tiny_transcoders(
+    model: HookedTransformer,
+    kind: Kind = "relu",
+    *,
+    seed: int = 0,
+    d_sae: int = 128,
+    density: float = 0.05,
+    calibration_tokens: torch.Tensor | None = None,
+    hooks: tuple[str, str] | None = None,
+) -> list[Transcoder]:
+    """Random SAELens transcoders for every layer of ``model``, with hooks in their metadata.
+
+    Args:
+        model: A model from :func:`tiny_model` (or any small ``HookedTransformer``).
+        kind: ``"relu"`` (``Transcoder``), ``"jumprelu"`` or ``"skip"``.
+        seed: Seed of the weights.
+        d_sae: Features per layer.
+        density: About this fraction of features fire on ``calibration_tokens``.
+        calibration_tokens: ``(n,)`` ids used to set encoder biases; default a random prompt.
+        hooks: ``(input, output)`` hook suffixes; default the architecture's (:data:`HOOKS`).
+
+    Returns:
+        One SAELens transcoder per layer (index = layer).
+    """
+    cfg = model.cfg
+    style = "gemma2" if cfg.use_normalization_before_and_after else (
+        "llama" if cfg.gated_mlp else "gpt2"
+    )
+    hin, hout = hooks or HOOKS[style]
+    gen = torch.Generator().manual_seed(seed + 2)
+    if calibration_tokens is None:
+        calibration_tokens = torch.randint(0, cfg.d_vocab, (16,), generator=gen)
+    # the transcoder inputs on the calibration prompt (mlp.hook_in = the MLP module's input)
+    captured: dict[int, torch.Tensor] = {}
+    handles = []
+    from sae_circuits.hooks import resolve_hook, scoped_hooks
+
+    sites = [resolve_hook(model, f"blocks.{layer}.{hin}") for layer in range(cfg.n_layers)]
+    for layer, site in enumerate(sites):
+        handles.append((site, lambda t, layer=layer: captured.__setitem__(layer, t.detach()[0])))
+    with torch.no_grad(), scoped_hooks(model, handles):
+        model(calibration_tokens[None])
+    cls, ccls = {
+        "relu": (Transcoder, TranscoderConfig),
+        "jumprelu": (JumpReLUTranscoder, JumpReLUTranscoderConfig),
+        "skip": (SkipTranscoder, SkipTranscoderConfig),
+    }[kind]
+    d = cfg.d_model
+    out = []
+    for layer in range(cfg.n_layers):
+        c = ccls(d_in=d, d_sae=d_sae, d_out=d, apply_b_dec_to_input=False)
+        c.metadata.hook_name = f"blocks.{layer}.{hin}"
+        c.metadata.hook_name_out = f"blocks.{layer}.{hout}"
+        tc = cls(c)
+        with torch.no_grad():
+            w_enc = torch.randn(d, d_sae, generator=gen) * 2.0 / d**0.5
+            pre = captured[layer][1:] @ w_enc
+            threshold = 0.2 + 0.3 * torch.rand(d_sae, generator=gen)
+            q = torch.quantile(pre.flatten(), 1 - density)
+            shift = threshold.mean() if kind == "jumprelu" else 0.0
+            tc.W_enc.copy_(w_enc)
+            tc.b_enc.copy_(-q + shift - 0.1 * torch.rand(d_sae, generator=gen))
+            tc.W_dec.copy_(torch.randn(d_sae, d, generator=gen) * 3.0 / d_sae**0.5)
+            tc.b_dec.copy_(0.05 * torch.randn(d, generator=gen))
+            if isinstance(tc, JumpReLUTranscoder):
+                tc.threshold.copy_(threshold)
+            if isinstance(tc, SkipTranscoder):
+                tc.W_skip.copy_(0.1 * torch.randn(d, d, generator=gen) / d**0.5)
+        out.append(tc)
+    return out

@@ -1,0 +1,217 @@
+"""Measured direct effects: the ground truth every attribution change is tested against.
+
+Independently of the library's backward passes, this perturbs one source in a *frozen copy* of the
+model, in float64, and measures the change of every target: attention patterns and every norm's
+scale are fixed at their clean values, every transcoder output is fixed at its clean value (a skip
+connection's linear path stays live), and the source's contribution is added where it writes
+(features: ``a_s * W_dec[s]`` at each output layer; errors: the error vector; tokens: the
+embedding at ``hook_embed``). Targets are feature pre-activations and demeaned pre-softcap logits.
+The method follows ``../shared/reference/verify_edges.py``.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+
+from sae_circuits.graph import AttributionGraph
+from sae_circuits.transcoders.sets import TranscoderSet
+
+
+class FrozenOracle:
+    """A float64 frozen copy of ``model`` with ``transcoders`` on ``tokens``."""
+
+    def __init__(self, model, transcoders: TranscoderSet, tokens: torch.Tensor, *, sink: bool = True):
+        self.model = copy.deepcopy(model).to(torch.float64)
+        self.model.cfg.dtype = torch.float64
+        self.ts = transcoders
+        self.tokens = tokens
+        self.n = len(tokens)
+        self.L = self.model.cfg.n_layers
+        d_in = transcoders.d_in
+        self.enc, self.b_enc = {}, {}
+        for layer in range(self.L):
+            F = transcoders.d_sae(layer)
+            self.enc[layer] = transcoders.encoder_vectors(layer, torch.arange(F)).detach().double()
+            zero = torch.zeros(1, d_in, dtype=transcoders.dtype)
+            self.b_enc[layer] = transcoders.pre_activations(layer, zero)[0].detach().double()
+        self.cache: dict[str, torch.Tensor] = {}
+        self.live: dict[int, torch.Tensor] = {}
+        # clean run: capture patterns, scales, transcoder inputs and outputs
+        with torch.no_grad():
+            self._run({}, record=True)
+        self.x_clean = {layer: self.cache[f"in{layer}"] for layer in range(self.L)}
+        self.acts = {}
+        for layer in range(self.L):
+            pre = self.x_clean[layer] @ self.enc[layer].T + self.b_enc[layer]
+            a = transcoders.activation_fn(layer, pre.float()).double()
+            if sink:
+                a[0] = 0
+            self.acts[layer] = a
+        self.errors = {}
+        for out in range(self.L):
+            recon = self.ts.decode(out, {s: self.acts[s].float() for s in range(out + 1)}).double()
+            skip = self.ts.skip(out, self.x_clean[out].float())
+            if skip is not None:
+                recon = recon + self._skip64(out, self.x_clean[out])
+            err = self.cache[f"out{out}"] - recon
+            if sink:
+                err[0] = 0
+            self.errors[out] = err
+        self.base_pre, self.base_logits = self._frozen({})
+
+    def _skip64(self, layer: int, x: torch.Tensor) -> torch.Tensor:
+        eye = torch.eye(x.shape[-1], dtype=self.ts.dtype)
+        w_skip_t = self.ts.skip(layer, eye)  # rows of W_skip.T
+        assert w_skip_t is not None
+        return x @ w_skip_t.double()
+
+    def _sites(self):
+        from sae_circuits.hooks import resolve_hook
+
+        ins = [resolve_hook(self.model, h) for h in self.ts.input_hooks]
+        outs = [resolve_hook(self.model, h) for h in self.ts.output_hooks]
+        return ins, outs
+
+    def _run(self, perturb: dict, *, record: bool = False) -> torch.Tensor:
+        model = self.model
+        modules = dict(model.named_modules())
+        handles = []
+        ins, outs = self._sites()
+
+        def attach(site, fn):
+            mod = modules[site.module_name]
+            if site.kind == "pre":
+                return mod.register_forward_pre_hook(lambda m, a: (fn(a[0]), *a[1:]))
+            return mod.register_forward_hook(lambda m, a, o: fn(o))
+
+        def frozen(name):
+            def fn(t):
+                if record:
+                    self.cache[name] = t.detach().clone()
+                    return t
+                return self.cache[name]
+
+            return fn
+
+        def read(layer):
+            def fn(t):
+                if record:
+                    self.cache[f"in{layer}"] = t.detach()[0].clone()
+                self.live[layer] = t[0]
+                return t
+
+            return fn
+
+        def write(layer):
+            def fn(t):
+                if record:
+                    self.cache[f"out{layer}"] = t.detach()[0].clone()
+                    return t
+                o = self.cache[f"out{layer}"].clone()
+                if self.ts.skip(layer, self.x_clean[layer][:1].float()) is not None:
+                    o = o + self._skip64(layer, self.live[layer] - self.x_clean[layer])
+                if layer in perturb:
+                    o = o + perturb[layer]
+                return o[None]
+
+            return fn
+
+        def embed(t):
+            return t + perturb["embed"][None] if "embed" in perturb else t
+
+        try:
+            for name, hp in model.hook_dict.items():
+                if name.endswith(("hook_pattern", "hook_scale")):
+                    handles.append(hp.register_forward_hook(lambda m, a, o, name=name: frozen(name)(o)))
+            for layer in range(self.L):
+                handles.append(attach(ins[layer], read(layer)))
+                handles.append(attach(outs[layer], write(layer)))
+            handles.append(model.hook_dict["hook_embed"].register_forward_hook(lambda m, a, o: embed(o)))
+            cap = model.cfg.output_logits_soft_cap
+            model.cfg.output_logits_soft_cap = 0.0 if not record else cap
+            try:
+                logits = model(self.tokens[None])[0, -1]
+            finally:
+                model.cfg.output_logits_soft_cap = cap
+        finally:
+            for h in handles:
+                h.remove()
+        return logits
+
+    def _frozen(self, perturb: dict):
+        with torch.no_grad():
+            lg = self._run(perturb)
+        pre = {layer: self.live[layer] @ self.enc[layer].T + self.b_enc[layer] for layer in range(self.L)}
+        return pre, lg - lg.mean()
+
+    def source_perturbation(self, graph: AttributionGraph, node: int) -> dict:
+        row = graph.nodes.iloc[node]
+        d = self.model.cfg.d_model
+        kind, pos = row["kind"], int(row["position"])
+        pert: dict = {}
+        if kind == "feature":
+            layer, f = int(row["layer"]), int(row["feature"])
+            a = float(self.acts[layer][pos, f])
+            for out in self.ts.output_layers(layer):
+                v = torch.zeros(self.n, d, dtype=torch.float64)
+                dec = self.ts.decoder_vectors(layer, torch.tensor([f]), out)[0].detach().double()
+                v[pos] = a * dec
+                pert[out] = v
+        elif kind == "error":
+            layer = int(row["layer"])
+            v = torch.zeros(self.n, d, dtype=torch.float64)
+            v[pos] = self.errors[layer][pos]
+            pert[layer] = v
+        elif kind == "token":
+            v = torch.zeros(self.n, d, dtype=torch.float64)
+            v[pos] = self.model.W_E[int(row["token_id"])]
+            pert["embed"] = v
+        else:
+            raise ValueError(f"node {node} ({kind}) is not a source")
+        return pert
+
+    def measured_column(self, graph: AttributionGraph, node: int) -> np.ndarray:
+        """The measured change of every target node when source ``node`` is added."""
+        pre, lg = self._frozen(self.source_perturbation(graph, node))
+        nodes = graph.nodes
+        out = np.zeros(len(nodes))
+        for i, (kind, layer, pos, feat, tok) in enumerate(
+            zip(nodes["kind"], nodes["layer"], nodes["position"], nodes["feature"], nodes["token_id"], strict=True)
+        ):
+            if kind == "feature":
+                l, p, f = int(layer), int(pos), int(feat)
+                out[i] = float(pre[l][p, f] - self.base_pre[l][p, f])
+            elif kind == "logit":
+                out[i] = float(lg[int(tok)] - self.base_logits[int(tok)])
+        return out
+
+
+def worst_column_error(graph: AttributionGraph, oracle: FrozenOracle, sources) -> float:
+    """Largest ``|graph column - measured| / max|measured|`` over ``sources``."""
+    kinds = graph.nodes["kind"].to_numpy()
+    is_target = (kinds == "feature") | (kinds == "logit")
+    dense_cols = graph.adjacency.tocsc()
+    worst = 0.0
+    for s in sources:
+        measured = oracle.measured_column(graph, int(s))
+        col = dense_cols[:, [int(s)]].toarray().ravel()
+        scale = max(np.abs(measured[is_target]).max(), 1e-6)
+        worst = max(worst, float(np.abs(col[is_target] - measured[is_target]).max() / scale))
+    return worst
+
+
+def sample_sources(graph: AttributionGraph, rng: np.random.Generator, n_features: int = 8) -> list[int]:
+    """Some features, error nodes and tokens (not at position 0) to check."""
+    nodes = graph.nodes
+    pos = nodes["position"].to_numpy(dtype=float, na_value=-1)
+    kinds = nodes["kind"].to_numpy()
+    feats = np.flatnonzero(kinds == "feature")
+    errs = np.flatnonzero((kinds == "error") & (pos > 0))
+    toks = np.flatnonzero((kinds == "token") & (pos > 0))
+    pick = list(rng.choice(feats, min(n_features, len(feats)), replace=False))
+    pick += list(rng.choice(errs, min(3, len(errs)), replace=False))
+    pick += list(rng.choice(toks, min(2, len(toks)), replace=False))
+    return pick

@@ -1,0 +1,220 @@
+"""attribute(): exactness against measured direct effects, the reference's rules, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+import sae_circuits as sc
+from sae_circuits.attribution import select_logits
+
+from .conftest import PROMPT, assert_same_model, build, model_fingerprint
+from .oracle import FrozenOracle, sample_sources, worst_column_error
+
+
+@pytest.mark.parametrize("kind", ["relu", "jumprelu", "skip"])
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "gemma2"])
+def test_columns_equal_measured_direct_effects(arch, kind):
+    model, tcs = build(arch, kind)
+    ts = sc.load_transcoders(tcs)
+    graph = sc.attribute(model, PROMPT, ts, batch_size=64)
+    tokens = torch.tensor(graph.metadata["tokens"])
+    oracle = FrozenOracle(model, ts, tokens)
+    sources = sample_sources(graph, np.random.default_rng(0))
+    assert len(sources) >= 10
+    assert worst_column_error(graph, oracle, sources) < 1e-4
+
+
+def test_graph_structure_and_nodes():
+    model, tcs = build("llama", "relu")
+    ts = sc.load_transcoders(tcs)
+    graph = sc.attribute(model, PROMPT, ts)
+    n_pos = len(graph.metadata["tokens"])
+    L = model.cfg.n_layers
+    nodes = graph.nodes
+    assert isinstance(graph.adjacency, sp.csr_array)
+    assert graph.adjacency.shape == (len(nodes), len(nodes))
+    counts = nodes["kind"].value_counts()
+    assert counts["error"] == L * n_pos and counts["token"] == n_pos
+    assert counts["logit"] == len(graph.logits) >= 1
+    # node order: features, errors, tokens, logits
+    order = nodes["kind"].map({"feature": 0, "error": 1, "token": 2, "logit": 3}).to_numpy()
+    assert (np.diff(order) >= 0).all()
+    feats = nodes[nodes["kind"] == "feature"]
+    assert (feats["activation"] > 0).all()
+    assert (feats["position"] > 0).all(), "position 0 is an attention sink by default"
+    assert str(nodes["layer"].dtype) == "Int64" and nodes.loc[nodes["kind"] == "token", "layer"].isna().all()
+    # rows of errors and tokens are empty; edges go from lower to higher layers, never forward in time
+    edges = graph.edges()
+    assert set(edges["source_kind"]) <= {"feature", "error", "token"}
+    assert set(edges["target_kind"]) <= {"feature", "logit"}
+    ff = edges[(edges["source_kind"] == "feature") & (edges["target_kind"] == "feature")]
+    assert (ff["source_layer"] < ff["target_layer"]).all()
+    assert (edges["source_position"] <= edges["target_position"]).all()
+    # logits table agrees with logit nodes and the model's own probabilities
+    with torch.no_grad():
+        probs = torch.softmax(model(torch.tensor(graph.metadata["tokens"])[None])[0, -1].double(), -1)
+    assert np.allclose(graph.logits["probability"], probs[torch.tensor(graph.logits["token_id"].to_numpy())], atol=1e-6)
+    assert graph.logits["token_id"].tolist() == nodes.loc[nodes["kind"] == "logit", "token_id"].tolist()
+
+
+def test_prompt_forms_agree():
+    model, tcs = build("gpt2")
+    ts = sc.load_transcoders(tcs)
+    g_text = sc.attribute(model, PROMPT, ts)
+    ids = g_text.metadata["tokens"]
+    assert ids[0] == model.tokenizer.bos_token_id
+    g_list = sc.attribute(model, ids, ts)
+    g_tensor = sc.attribute(model, torch.tensor(ids), ts)
+    for g in (g_list, g_tensor):
+        assert (g.adjacency != g_text.adjacency).nnz == 0
+        assert g.nodes.equals(g_text.nodes)
+
+
+def test_attention_sink_off_adds_position_zero():
+    model, tcs = build("gpt2")
+    ts = sc.load_transcoders(tcs)
+    on = sc.attribute(model, PROMPT, ts)
+    off = sc.attribute(model, PROMPT, ts, attention_sink=False)
+    pos0 = lambda g: int(((g.nodes["kind"] == "feature") & (g.nodes["position"] == 0)).sum())  # noqa: E731
+    assert pos0(on) == 0 and pos0(off) > 0
+    oracle = FrozenOracle(model, ts, torch.tensor(off.metadata["tokens"]), sink=False)
+    feats0 = np.flatnonzero(((off.nodes["kind"] == "feature") & (off.nodes["position"] == 0)).to_numpy())
+    assert worst_column_error(off, oracle, feats0[:3]) < 1e-4
+
+
+def test_salient_logits_rule():
+    logits = torch.tensor([4.0, 3.0, 2.0, 1.0, 0.0])
+    probs = torch.softmax(logits.double(), 0)
+    ids, p = select_logits(logits, 10, 0.9)
+    k = int(np.searchsorted(np.cumsum(probs.numpy()), 0.9)) + 1
+    assert ids.tolist() == list(range(k)) and np.allclose(p, probs[:k])
+    assert probs[: k - 1].sum() < 0.9 <= probs[:k].sum()
+    ids, _ = select_logits(logits, 2, 0.999)
+    assert ids.tolist() == [0, 1]
+    ids, _ = select_logits(logits, 10, 0.01)
+    assert ids.tolist() == [0]
+
+
+def test_max_feature_nodes_visits_most_influential():
+    model, tcs = build("gemma2", "jumprelu")
+    ts = sc.load_transcoders(tcs)
+    full = sc.attribute(model, PROMPT, ts)
+    n_feat = int((full.nodes["kind"] == "feature").sum())
+    part = sc.attribute(model, PROMPT, ts, max_feature_nodes=20, batch_size=4, update_interval=1)
+    feats = part.nodes[part.nodes["kind"] == "feature"]
+    assert len(feats) == 20 < n_feat
+    # rows of visited features and logits are the full graph's, restricted to kept columns
+    key = lambda df: list(zip(df["kind"].astype(str), df["layer"], df["position"], df["feature"], df["token_id"]))  # noqa: E731
+    index = {k: i for i, k in enumerate(key(full.nodes))}
+    sel = np.array([index[k] for k in key(part.nodes)])
+    sub = full.adjacency[sel][:, sel].toarray()
+    assert np.allclose(part.adjacency.toarray(), sub, rtol=1e-5, atol=1e-6)
+    # the visited features carry more influence on the logits than the average unvisited one
+    from sae_circuits.influence import propagate, row_normalize
+
+    infl = propagate(row_normalize(full.adjacency), full.logit_weights)
+    fidx = np.flatnonzero((full.nodes["kind"] == "feature").to_numpy())
+    chosen = np.isin(fidx, sel)
+    assert infl[fidx[chosen]].mean() > 2 * infl[fidx[~chosen]].mean()
+    zero = sc.attribute(model, PROMPT, ts, max_feature_nodes=0)
+    assert int((zero.nodes["kind"] == "feature").sum()) == 0
+
+
+def test_model_left_untouched_after_success_and_error():
+    model, tcs = build("llama", "skip")
+    ts = sc.load_transcoders(tcs)
+    before = model_fingerprint(model)
+    logits_before = model(torch.tensor([[0, 5, 9, 3]]))
+    sc.attribute(model, PROMPT, ts)
+    assert_same_model(before, model_fingerprint(model))
+
+    class Boom(RuntimeError):
+        pass
+
+    def explode(*_args):
+        raise Boom
+
+    real = ts.pre_activations
+    ts.pre_activations = explode  # type: ignore[method-assign]
+    try:
+        with pytest.raises(Boom):
+            sc.attribute(model, PROMPT, ts)
+    finally:
+        ts.pre_activations = real  # type: ignore[method-assign]
+    assert_same_model(before, model_fingerprint(model))
+    assert torch.equal(model(torch.tensor([[0, 5, 9, 3]])), logits_before)
+
+
+def test_works_under_no_grad_and_batch_size_one():
+    model, tcs = build("gpt2")
+    ts = sc.load_transcoders(tcs)
+    ref = sc.attribute(model, PROMPT, ts)
+    with torch.no_grad():
+        g = sc.attribute(model, PROMPT, ts, batch_size=1)
+    assert abs(g.adjacency - ref.adjacency).max() < 1e-5
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"max_n_logits": 0}, "max_n_logits"),
+        ({"desired_logit_prob": 1.5}, "desired_logit_prob"),
+        ({"desired_logit_prob": 0.0}, "desired_logit_prob"),
+        ({"max_feature_nodes": -1}, "max_feature_nodes"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"update_interval": 0}, "update_interval"),
+    ],
+)
+def test_invalid_sizes(kwargs, match):
+    model, tcs = build("gpt2")
+    with pytest.raises(ValueError, match=match):
+        sc.attribute(model, PROMPT, sc.load_transcoders(tcs), **kwargs)
+
+
+def test_bad_prompts():
+    model, tcs = build("gpt2")
+    ts = sc.load_transcoders(tcs)
+    with pytest.raises(ValueError, match="empty"):
+        sc.attribute(model, "", ts)
+    with pytest.raises(ValueError, match="empty"):
+        sc.attribute(model, [], ts)
+    with pytest.raises(ValueError, match="n_ctx"):
+        sc.attribute(model, [1] * (model.cfg.n_ctx + 1), ts)
+    with pytest.raises(ValueError, match="d_vocab"):
+        sc.attribute(model, [0, model.cfg.d_vocab], ts)
+    with pytest.raises(ValueError, match="1-D"):
+        sc.attribute(model, torch.zeros(2, 3, dtype=torch.long), ts)
+    with pytest.raises(TypeError, match="unsupported prompt"):
+        sc.attribute(model, 3.5, ts)  # type: ignore[arg-type]
+    model.tokenizer = None
+    with pytest.raises(TypeError, match="tokenizer"):
+        sc.attribute(model, PROMPT, ts)
+
+
+def test_transcoders_that_do_not_fit():
+    model, tcs = build("gpt2")
+    with pytest.raises(ValueError, match="cover 2 layers but the model has 3"):
+        sc.attribute(model, PROMPT, sc.load_transcoders(tcs[:2]))
+    other, other_tcs = build("gpt2")
+    small = sc.toy.tiny_model("gpt2", d_model=16, n_heads=2)
+    with pytest.raises(ValueError, match="d_model is 16"):
+        sc.attribute(small, PROMPT, sc.load_transcoders(other_tcs))
+
+
+def test_non_finite_activations_are_reported():
+    model, tcs = build("gpt2")
+    with torch.no_grad():
+        model.blocks[1].attn.W_O[0, 0, 0] = float("nan")
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        sc.attribute(model, PROMPT, sc.load_transcoders(tcs))
+
+
+def test_progress_bar_optional(capsys):
+    model, tcs = build("gpt2")
+    sc.attribute(model, PROMPT, sc.load_transcoders(tcs), progress=True)
+    assert "attribution" in capsys.readouterr().err
+    sc.attribute(model, PROMPT, sc.load_transcoders(tcs), progress=False)
+    assert capsys.readouterr().err == ""
