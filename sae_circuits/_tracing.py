@@ -31,17 +31,24 @@ __all__ = ["Trace", "trace"]
 
 
 @dataclass
-class _Writers:
-    """Sources that write to one output layer, grouped by position.
+class _WriterGroup:
+    """Sources at some positions, padded so that one ``bmm`` contracts them all.
 
-    ``cols[i]`` is the source column, ``vecs[i]`` what it writes (activation included);
-    ``starts``/``positions`` delimit runs of one position in the position-sorted order.
+    ``vecs[i, :, j]`` is what the ``j``-th source at ``positions[i]`` writes (activation included,
+    zero padding); ``slots`` are the flat ``(i * K + j)`` places of the real sources and ``cols``
+    their source columns.
     """
 
+    positions: torch.Tensor  # (P,)
+    vecs: torch.Tensor  # (P, d, K)
+    slots: torch.Tensor  # (k,)
     cols: torch.Tensor  # (k,)
-    vecs: torch.Tensor  # (k, d)
-    positions: list[int]
-    bounds: list[tuple[int, int]]
+
+    def contract(self, g: torch.Tensor) -> torch.Tensor:
+        """``(B, n, d)`` gradients -> ``(B, k)`` direct effects of the sources, ``cols`` order."""
+        grads = g[:, self.positions].transpose(0, 1)  # (P, B, d)
+        vals = torch.bmm(grads, self.vecs)  # (P, B, K)
+        return vals.transpose(0, 1).reshape(g.shape[0], -1)[:, self.slots]
 
 
 @dataclass
@@ -74,7 +81,7 @@ class Trace:
     _out_src: list[torch.Tensor]
     _embed_src: torch.Tensor
     _embed_out: torch.Tensor
-    _writers: list[_Writers]
+    _writers: list[list[_WriterGroup]]
     _unembed: torch.Tensor  # (d_model, d_vocab)
 
     @property
@@ -165,9 +172,8 @@ class Trace:
             )
             if g_src is not None:
                 g = g_src[:, 0].to(out.dtype)  # (B, n, d)
-                w = self._writers[layer]
-                for p, (lo, hi) in zip(w.positions, w.bounds, strict=True):
-                    out[:, w.cols[lo:hi]] += g[:, p] @ w.vecs[lo:hi].T
+                for group in self._writers[layer]:
+                    out.index_add_(1, group.cols, group.contract(g))
                 base = n_active + layer * n
                 out[:, base : base + n] = torch.einsum("bnd,nd->bn", g, self.errors[layer])
             grad = g_in
@@ -323,7 +329,9 @@ def trace(
                 raise FloatingPointError(f"non-finite values at {resolved.outputs[layer].name}")
             errors[layer] = out[0] - recon
     if not torch.isfinite(logits).all():
-        raise FloatingPointError("non-finite logits: the model's output is not finite on this prompt")
+        raise FloatingPointError(
+            "non-finite logits: the model's output is not finite on this prompt"
+        )
     if attention_sink:
         errors[:, 0] = 0
 
@@ -347,7 +355,7 @@ def trace(
                 vecs.append(dec.to(device, dtype) * act)
                 cols.append(sel.to(device))
                 poss.append(feature_pos[sel])
-            writers.append(_group_by_position(cols, vecs, poss, d_model, dtype))
+            writers.append(_group_by_position(cols, vecs, poss))
 
     embed_out = box["embed_out"]
     return Trace(
@@ -372,19 +380,45 @@ def trace(
 
 
 def _group_by_position(
-    cols: list[torch.Tensor],
-    vecs: list[torch.Tensor],
-    poss: list[torch.Tensor],
-    d_model: int,
-    dtype: torch.dtype,
-) -> _Writers:
+    cols: list[torch.Tensor], vecs: list[torch.Tensor], poss: list[torch.Tensor]
+) -> list[_WriterGroup]:
+    """Pad the sources of one output layer into groups of positions of similar counts.
+
+    Positions are sorted by how many sources they hold; a new group starts when the count
+    falls below half the group's largest, so padding at most doubles the work.
+    """
     if not cols:
-        empty = torch.zeros(0, d_model, dtype=dtype)
-        return _Writers(torch.zeros(0, dtype=torch.long), empty, [], [])
+        return []
     c, v, p = torch.cat(cols), torch.cat(vecs), torch.cat(poss).to(vecs[0].device)
     order = torch.sort(p, stable=True).indices
     c, v, p = c[order], v[order], p[order]
     uniq, counts = torch.unique_consecutive(p, return_counts=True)
-    ends = torch.cumsum(counts, 0).tolist()
-    starts = [0, *ends[:-1]]
-    return _Writers(c, v, uniq.tolist(), list(zip(starts, ends, strict=True)))
+    starts = torch.cumsum(counts, 0) - counts
+    by_count = torch.argsort(counts, descending=True, stable=True).tolist()
+    groups, current = [], []
+    for i in by_count:
+        if current and int(counts[i]) * 2 < int(counts[current[0]]):
+            groups.append(current)
+            current = []
+        current.append(i)
+    groups.append(current)
+    out = []
+    d = v.shape[1]
+    for members in groups:
+        width = int(counts[members[0]])
+        padded = torch.zeros(len(members), width, d, dtype=v.dtype, device=v.device)
+        slots, gcols = [], []
+        for row, i in enumerate(members):
+            lo, k = int(starts[i]), int(counts[i])
+            padded[row, :k] = v[lo : lo + k]
+            slots.append(torch.arange(row * width, row * width + k))
+            gcols.append(c[lo : lo + k])
+        out.append(
+            _WriterGroup(
+                positions=uniq[members].to(v.device),
+                vecs=padded.transpose(1, 2).contiguous(),
+                slots=torch.cat(slots).to(v.device),
+                cols=torch.cat(gcols),
+            )
+        )
+    return out

@@ -32,11 +32,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 import torch
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
+from sae_circuits._rows import RowStore
 from sae_circuits._tracing import Trace, trace
 from sae_circuits._version import __version__
 from sae_circuits.graph import AttributionGraph
@@ -100,12 +100,15 @@ def attribute(
     n_select = n_active if max_feature_nodes is None else min(max_feature_nodes, n_active)
     logger.info(
         "traced %d tokens: %d active features, %d logits; attributing %d features",
-        tr.n_pos, n_active, len(logit_ids), n_select,
+        tr.n_pos,
+        n_active,
+        len(logit_ids),
+        n_select,
     )
     show = sys.stderr.isatty() if progress is None else progress
     bar = tqdm(total=len(logit_ids) + n_select, desc="attribution", disable=not show, unit="row")
     try:
-        rows = _RowStore(tr.n_sources)
+        rows = RowStore(tr.n_sources)
         logit_vecs = tr.logit_vectors(logit_ids)
         for lo in range(0, len(logit_ids), batch_size):
             hi = min(lo + batch_size, len(logit_ids))
@@ -183,7 +186,9 @@ def to_tokens(model: HookedTransformer, prompt: Prompt) -> torch.Tensor:
         if prompt.ndim == 2 and prompt.shape[0] == 1:
             prompt = prompt[0]
         if prompt.ndim != 1:
-            raise ValueError(f"a tensor prompt must be 1-D token ids, got shape {tuple(prompt.shape)}")
+            raise ValueError(
+                f"a tensor prompt must be 1-D token ids, got shape {tuple(prompt.shape)}"
+            )
         if prompt.dtype.is_floating_point or prompt.dtype == torch.bool:
             raise TypeError(f"token ids must be integers, got dtype {prompt.dtype}")
         tokens = prompt.detach().to("cpu", torch.long)
@@ -242,39 +247,9 @@ def select_logits(
     return top_idx[:cutoff].cpu(), top_p[:cutoff].float().cpu()
 
 
-class _RowStore:
-    """Attribution rows kept sparse as they are computed (COO chunks, node ids of the rows)."""
-
-    def __init__(self, n_sources: int) -> None:
-        self.n_sources = n_sources
-        self.nodes: list[np.ndarray] = []
-        self.rows: list[np.ndarray] = []
-        self.cols: list[np.ndarray] = []
-        self.vals: list[np.ndarray] = []
-        self.n_rows = 0
-
-    def add(self, nodes: np.ndarray, block: torch.Tensor) -> None:
-        r, c = torch.nonzero(block, as_tuple=True)
-        self.vals.append(block[r, c].float().cpu().numpy())
-        self.rows.append((r.cpu().numpy() + self.n_rows).astype(np.int64))
-        self.cols.append(c.cpu().numpy().astype(np.int64))
-        self.nodes.append(np.asarray(nodes, dtype=np.int64))
-        self.n_rows += len(nodes)
-
-    def coo(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Row node ids, then (row, col, value) of every stored entry."""
-        cat = lambda xs, dt: np.concatenate(xs) if xs else np.zeros(0, dtype=dt)  # noqa: E731
-        return (
-            cat(self.nodes, np.int64),
-            cat(self.rows, np.int64),
-            cat(self.cols, np.int64),
-            cat(self.vals, np.float32),
-        )
-
-
 def _visit_features(
     tr: Trace,
-    rows: _RowStore,
+    rows: RowStore,
     logit_probs: torch.Tensor,
     n_select: int,
     batch_size: int,
@@ -307,11 +282,11 @@ def _visit_features(
     return np.flatnonzero(visited)
 
 
-def _partial_influence(rows: _RowStore, n_sources: int, logit_probs: np.ndarray) -> np.ndarray:
+def _partial_influence(rows: RowStore, n_sources: int, logit_probs: np.ndarray) -> np.ndarray:
     """Influence of every node on the logits from the rows computed so far."""
-    nodes, r, c, v = rows.coo()
+    nodes, m = rows.matrix()
     n_nodes = n_sources + len(logit_probs)
-    m = sp.csr_array((v, (r, c)), shape=(rows.n_rows, n_nodes))
+    m.resize((rows.n_rows, n_nodes))
     seed = np.zeros(n_nodes)
     seed[n_sources:] = logit_probs
     return propagate(row_normalize(m, eps=1e-8), seed, row_to_node=nodes)
@@ -332,7 +307,7 @@ def _assemble(
     model: HookedTransformer,
     prompt: Prompt,
     tr: Trace,
-    rows: _RowStore,
+    rows: RowStore,
     visited: np.ndarray,
     logit_ids: torch.Tensor,
     logit_probs: torch.Tensor,
@@ -349,14 +324,7 @@ def _assemble(
     row_map = np.full(tr.n_sources + n_logits, -1, dtype=np.int64)
     row_map[visited] = np.arange(n_sel)
     row_map[tr.n_sources :] = np.arange(n_nodes - n_logits, n_nodes)
-    nodes_of_rows, r, c, v = rows.coo()
-    target = row_map[nodes_of_rows[r]]
-    source = col_map[c]
-    keep = source >= 0
-    adjacency = sp.csr_array(
-        (v[keep], (target[keep], source[keep])), shape=(n_nodes, n_nodes), dtype=np.float32
-    )
-    adjacency.sum_duplicates()
+    adjacency = rows.assemble(row_map, col_map, n_nodes)
 
     tokens = tr.tokens.tolist()
     logit_list = logit_ids.tolist()
@@ -364,9 +332,7 @@ def _assemble(
     logit_str = _token_strings(model, logit_list)
     sel = torch.from_numpy(visited)
     na = pd.NA
-    kind = (
-        ["feature"] * n_sel + ["error"] * (n_layers * n) + ["token"] * n + ["logit"] * n_logits
-    )
+    kind = ["feature"] * n_sel + ["error"] * (n_layers * n) + ["token"] * n + ["logit"] * n_logits
     layer = [*tr.feature_layer[sel].tolist(), *np.repeat(np.arange(n_layers), n).tolist()]
     layer += [na] * (n + n_logits)
     position = [*tr.feature_pos[sel].tolist(), *np.tile(np.arange(n), n_layers).tolist()]

@@ -10,11 +10,16 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["main"]
 
 
 def _demo(args: argparse.Namespace) -> int:
+    import numpy as np
     import torch
 
     import sae_circuits as sc
@@ -26,28 +31,27 @@ def _demo(args: argparse.Namespace) -> int:
     prompt = args.prompt
     graph = sc.attribute(model, prompt, transcoders, progress=not args.quiet)
     out = sys.stdout
-    print(f"built-in example: a random 4-layer Llama-style model with skip transcoders", file=out)
+    print("built-in example: a random 4-layer Llama-style model with skip transcoders", file=out)
     print(f"prompt: {prompt!r}", file=out)
     print(f"graph: {graph!r}", file=out)
     print("top logits:", file=out)
-    for row in graph.logits.itertuples():
-        print(f"  {row.token!s:>8}  p={row.probability:.3f}", file=out)
+    for token, prob in zip(graph.logits["token"], graph.logits["probability"], strict=True):
+        print(f"  {token!s:>8}  p={prob:.3f}", file=out)
     edges = graph.edges()
-    edges = edges.reindex(edges["weight"].abs().sort_values(ascending=False).index).head(8)
+    order = np.argsort(-np.abs(edges["weight"].to_numpy()), kind="stable")[:8]
     print("strongest edges:", file=out)
-    for e in edges.itertuples():
-        print(f"  {_name(e, 'source')} -> {_name(e, 'target')}: {e.weight:+.3f}", file=out)
+    for _, e in edges.iloc[order].iterrows():
+        print(f"  {_name(e, 'source')} -> {_name(e, 'target')}: {e['weight']:+.3f}", file=out)
     return 0
 
 
-def _name(e: object, end: str) -> str:
-    kind = getattr(e, f"{end}_kind")
-    layer, pos = getattr(e, f"{end}_layer"), getattr(e, f"{end}_position")
+def _name(e: pd.Series, end: str) -> str:
+    kind, layer, pos = str(e[f"{end}_kind"]), e[f"{end}_layer"], e[f"{end}_position"]
     if kind == "feature":
-        return f"feature L{layer}/p{pos}/#{getattr(e, f'{end}_feature')}"
+        return f"feature L{layer}/p{pos}/#{e[f'{end}_feature']}"
     if kind == "error":
         return f"error L{layer}/p{pos}"
-    return f"{kind} {getattr(e, f'{end}_token')!s}@p{pos}"
+    return f"{kind} {e[f'{end}_token']!s}@p{pos}"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,7 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s"
+    )
     return int(args.func(args))
 
 

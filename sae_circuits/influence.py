@@ -62,7 +62,7 @@ def propagate(
     Raises:
         RuntimeError: The product did not vanish within ``max_iter`` steps (the graph has a cycle).
     """
-    n_rows, n_nodes = normalized.shape
+    n_rows, n_nodes = (int(x) for x in normalized.shape)  # type: ignore[union-attr]
     if row_to_node is None:
         if n_rows != n_nodes:
             raise ValueError("a non-square matrix needs row_to_node")

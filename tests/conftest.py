@@ -18,7 +18,7 @@ KINDS = ("relu", "jumprelu", "skip")
 PROMPT = "t5 t9 t3 t7 t2 t8 t11 t4 t6"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _built(arch: str, kind: str, seed: int):
     model = tiny_model(arch, seed=seed)
     return model, tiny_transcoders(model, kind, seed=seed)
@@ -50,7 +50,12 @@ def kind(request) -> str:
 def model_fingerprint(model) -> dict:
     """Everything about a model that attribution must leave unchanged."""
     hooks = {
-        name: (len(hp.fwd_hooks), len(hp.bwd_hooks), len(hp._forward_hooks), len(hp._backward_hooks))
+        name: (
+            len(hp.fwd_hooks),
+            len(hp.bwd_hooks),
+            len(hp._forward_hooks),
+            len(hp._backward_hooks),
+        )
         for name, hp in model.hook_dict.items()
     }
     torch_hooks = {

@@ -23,7 +23,9 @@ from sae_circuits.transcoders.sets import TranscoderSet
 class FrozenOracle:
     """A float64 frozen copy of ``model`` with ``transcoders`` on ``tokens``."""
 
-    def __init__(self, model, transcoders: TranscoderSet, tokens: torch.Tensor, *, sink: bool = True):
+    def __init__(
+        self, model, transcoders: TranscoderSet, tokens: torch.Tensor, *, sink: bool = True
+    ):
         self.model = copy.deepcopy(model).to(torch.float64)
         self.model.cfg.dtype = torch.float64
         self.ts = transcoders
@@ -125,11 +127,15 @@ class FrozenOracle:
         try:
             for name, hp in model.hook_dict.items():
                 if name.endswith(("hook_pattern", "hook_scale")):
-                    handles.append(hp.register_forward_hook(lambda m, a, o, name=name: frozen(name)(o)))
+                    handles.append(
+                        hp.register_forward_hook(lambda m, a, o, name=name: frozen(name)(o))
+                    )
             for layer in range(self.L):
                 handles.append(attach(ins[layer], read(layer)))
                 handles.append(attach(outs[layer], write(layer)))
-            handles.append(model.hook_dict["hook_embed"].register_forward_hook(lambda m, a, o: embed(o)))
+            handles.append(
+                model.hook_dict["hook_embed"].register_forward_hook(lambda m, a, o: embed(o))
+            )
             cap = model.cfg.output_logits_soft_cap
             model.cfg.output_logits_soft_cap = 0.0 if not record else cap
             try:
@@ -144,7 +150,10 @@ class FrozenOracle:
     def _frozen(self, perturb: dict):
         with torch.no_grad():
             lg = self._run(perturb)
-        pre = {layer: self.live[layer] @ self.enc[layer].T + self.b_enc[layer] for layer in range(self.L)}
+        pre = {
+            layer: self.live[layer] @ self.enc[layer].T + self.b_enc[layer]
+            for layer in range(self.L)
+        }
         return pre, lg - lg.mean()
 
     def source_perturbation(self, graph: AttributionGraph, node: int) -> dict:
@@ -179,11 +188,18 @@ class FrozenOracle:
         nodes = graph.nodes
         out = np.zeros(len(nodes))
         for i, (kind, layer, pos, feat, tok) in enumerate(
-            zip(nodes["kind"], nodes["layer"], nodes["position"], nodes["feature"], nodes["token_id"], strict=True)
+            zip(
+                nodes["kind"],
+                nodes["layer"],
+                nodes["position"],
+                nodes["feature"],
+                nodes["token_id"],
+                strict=True,
+            )
         ):
             if kind == "feature":
-                l, p, f = int(layer), int(pos), int(feat)
-                out[i] = float(pre[l][p, f] - self.base_pre[l][p, f])
+                lyr, p, f = int(layer), int(pos), int(feat)
+                out[i] = float(pre[lyr][p, f] - self.base_pre[lyr][p, f])
             elif kind == "logit":
                 out[i] = float(lg[int(tok)] - self.base_logits[int(tok)])
         return out
@@ -203,7 +219,9 @@ def worst_column_error(graph: AttributionGraph, oracle: FrozenOracle, sources) -
     return worst
 
 
-def sample_sources(graph: AttributionGraph, rng: np.random.Generator, n_features: int = 8) -> list[int]:
+def sample_sources(
+    graph: AttributionGraph, rng: np.random.Generator, n_features: int = 8
+) -> list[int]:
     """Some features, error nodes and tokens (not at position 0) to check."""
     nodes = graph.nodes
     pos = nodes["position"].to_numpy(dtype=float, na_value=-1)

@@ -45,7 +45,10 @@ def test_graph_structure_and_nodes():
     feats = nodes[nodes["kind"] == "feature"]
     assert (feats["activation"] > 0).all()
     assert (feats["position"] > 0).all(), "position 0 is an attention sink by default"
-    assert str(nodes["layer"].dtype) == "Int64" and nodes.loc[nodes["kind"] == "token", "layer"].isna().all()
+    assert (
+        str(nodes["layer"].dtype) == "Int64"
+        and nodes.loc[nodes["kind"] == "token", "layer"].isna().all()
+    )
     # rows of errors and tokens are empty; edges go from lower to higher layers, never forward in time
     edges = graph.edges()
     assert set(edges["source_kind"]) <= {"feature", "error", "token"}
@@ -55,9 +58,18 @@ def test_graph_structure_and_nodes():
     assert (edges["source_position"] <= edges["target_position"]).all()
     # logits table agrees with logit nodes and the model's own probabilities
     with torch.no_grad():
-        probs = torch.softmax(model(torch.tensor(graph.metadata["tokens"])[None])[0, -1].double(), -1)
-    assert np.allclose(graph.logits["probability"], probs[torch.tensor(graph.logits["token_id"].to_numpy())], atol=1e-6)
-    assert graph.logits["token_id"].tolist() == nodes.loc[nodes["kind"] == "logit", "token_id"].tolist()
+        probs = torch.softmax(
+            model(torch.tensor(graph.metadata["tokens"])[None])[0, -1].double(), -1
+        )
+    assert np.allclose(
+        graph.logits["probability"],
+        probs[torch.tensor(graph.logits["token_id"].to_numpy())],
+        atol=1e-6,
+    )
+    assert (
+        graph.logits["token_id"].tolist()
+        == nodes.loc[nodes["kind"] == "logit", "token_id"].tolist()
+    )
 
 
 def test_prompt_forms_agree():
@@ -81,7 +93,9 @@ def test_attention_sink_off_adds_position_zero():
     pos0 = lambda g: int(((g.nodes["kind"] == "feature") & (g.nodes["position"] == 0)).sum())  # noqa: E731
     assert pos0(on) == 0 and pos0(off) > 0
     oracle = FrozenOracle(model, ts, torch.tensor(off.metadata["tokens"]), sink=False)
-    feats0 = np.flatnonzero(((off.nodes["kind"] == "feature") & (off.nodes["position"] == 0)).to_numpy())
+    feats0 = np.flatnonzero(
+        ((off.nodes["kind"] == "feature") & (off.nodes["position"] == 0)).to_numpy()
+    )
     assert worst_column_error(off, oracle, feats0[:3]) < 1e-4
 
 
@@ -106,8 +120,20 @@ def test_max_feature_nodes_visits_most_influential():
     part = sc.attribute(model, PROMPT, ts, max_feature_nodes=20, batch_size=4, update_interval=1)
     feats = part.nodes[part.nodes["kind"] == "feature"]
     assert len(feats) == 20 < n_feat
+
     # rows of visited features and logits are the full graph's, restricted to kept columns
-    key = lambda df: list(zip(df["kind"].astype(str), df["layer"], df["position"], df["feature"], df["token_id"]))  # noqa: E731
+    def key(df):
+        return list(
+            zip(
+                df["kind"].astype(str),
+                df["layer"],
+                df["position"],
+                df["feature"],
+                df["token_id"],
+                strict=False,
+            )
+        )
+
     index = {k: i for i, k in enumerate(key(full.nodes))}
     sel = np.array([index[k] for k in key(part.nodes)])
     sub = full.adjacency[sel][:, sel].toarray()
@@ -198,7 +224,7 @@ def test_transcoders_that_do_not_fit():
     model, tcs = build("gpt2")
     with pytest.raises(ValueError, match="cover 2 layers but the model has 3"):
         sc.attribute(model, PROMPT, sc.load_transcoders(tcs[:2]))
-    other, other_tcs = build("gpt2")
+    _, other_tcs = build("gpt2")
     small = sc.toy.tiny_model("gpt2", d_model=16, n_heads=2)
     with pytest.raises(ValueError, match="d_model is 16"):
         sc.attribute(small, PROMPT, sc.load_transcoders(other_tcs))

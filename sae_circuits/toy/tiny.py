@@ -43,9 +43,7 @@ Kind = Literal["relu", "jumprelu", "skip"]
 
 #: HookedTransformerConfig keyword arguments of each style (sizes are filled in by tiny_model).
 ARCHS: dict[str, dict[str, Any]] = {
-    "gpt2": dict(
-        act_fn="gelu_new", normalization_type="LN", positional_embedding_type="standard"
-    ),
+    "gpt2": dict(act_fn="gelu_new", normalization_type="LN", positional_embedding_type="standard"),
     "llama": dict(
         act_fn="silu",
         normalization_type="RMS",
@@ -129,7 +127,9 @@ def tiny_model(
             if name.endswith(".w") and prm.dim() == 1:
                 prm.copy_(1 + 0.2 * torch.randn(prm.shape, generator=gen))
             elif prm.dim() == 2:
-                prm.copy_(weight_scale * torch.randn(prm.shape, generator=gen) / prm.shape[-2] ** 0.5)
+                prm.copy_(
+                    weight_scale * torch.randn(prm.shape, generator=gen) / prm.shape[-2] ** 0.5
+                )
             elif prm.dim() > 2:
                 prm.copy_(weight_scale * 0.3 * torch.randn(prm.shape, generator=gen))
             else:
@@ -163,8 +163,10 @@ def tiny_transcoders(
         One SAELens transcoder per layer (index = layer).
     """
     cfg = model.cfg
-    style = "gemma2" if cfg.use_normalization_before_and_after else (
-        "llama" if cfg.gated_mlp else "gpt2"
+    style = (
+        "gemma2"
+        if cfg.use_normalization_before_and_after
+        else ("llama" if cfg.gated_mlp else "gpt2")
     )
     hin, hout = hooks or HOOKS[style]
     gen = torch.Generator().manual_seed(seed + 2)
