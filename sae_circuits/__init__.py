@@ -7,15 +7,26 @@ Example:
     >>> graph.adjacency, graph.nodes, graph.edges(), graph.logits
 """
 
+from sae_circuits import toy  # noqa: F401  (sc.toy: offline toy models)
 from sae_circuits._version import __version__
 from sae_circuits.attribution import attribute
 from sae_circuits.graph import AttributionGraph
 from sae_circuits.hooks import HookNotFoundError
 from sae_circuits.replacement import replacement
-from sae_circuits.transcoders import PerLayerTranscoderSet, TranscoderSet, load_transcoders
+from sae_circuits.transcoders import (
+    CrossLayerTranscoder,
+    CrossLayerTranscoderConfig,
+    CrossLayerTranscoderSet,
+    PerLayerTranscoderSet,
+    TranscoderSet,
+    load_transcoders,
+)
 
 __all__ = [
     "AttributionGraph",
+    "CrossLayerTranscoder",
+    "CrossLayerTranscoderConfig",
+    "CrossLayerTranscoderSet",
     "HookNotFoundError",
     "PerLayerTranscoderSet",
     "TranscoderSet",

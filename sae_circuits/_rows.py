@@ -38,6 +38,10 @@ class RowStore:
         self._chunks.append(chunk)
         self._nodes.append(np.asarray(nodes, dtype=np.int64))
 
+    def chunks(self) -> list[tuple[np.ndarray, sp.csr_array]]:
+        """``(row nodes, rows)`` of every stored chunk, in the order they were added."""
+        return list(zip(self._nodes, self._chunks, strict=True))
+
     def matrix(self) -> tuple[np.ndarray, sp.csr_array]:
         """The row nodes and all rows so far, ``(R,)`` and ``(R, n_sources)``."""
         if not self._chunks:

@@ -40,7 +40,7 @@ from sae_circuits._rows import RowStore
 from sae_circuits._tracing import Trace, trace
 from sae_circuits._version import __version__
 from sae_circuits.graph import AttributionGraph
-from sae_circuits.influence import propagate, row_normalize
+from sae_circuits.influence import propagate_chunks
 from sae_circuits.replacement import check_compatible
 from sae_circuits.transcoders.sets import TranscoderSet
 
@@ -284,12 +284,9 @@ def _visit_features(
 
 def _partial_influence(rows: RowStore, n_sources: int, logit_probs: np.ndarray) -> np.ndarray:
     """Influence of every node on the logits from the rows computed so far."""
-    nodes, m = rows.matrix()
-    n_nodes = n_sources + len(logit_probs)
-    m.resize((rows.n_rows, n_nodes))
-    seed = np.zeros(n_nodes)
+    seed = np.zeros(n_sources + len(logit_probs))
     seed[n_sources:] = logit_probs
-    return propagate(row_normalize(m, eps=1e-8), seed, row_to_node=nodes)
+    return propagate_chunks(rows.chunks(), seed, eps=1e-8)
 
 
 def _token_strings(model: HookedTransformer, ids: Sequence[int]) -> list[str | None]:

@@ -17,10 +17,12 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import scipy.sparse as sp
 
-__all__ = ["propagate", "row_normalize"]
+__all__ = ["propagate", "propagate_chunks", "row_normalize"]
 
 
 def row_normalize(matrix: sp.sparray | sp.spmatrix, *, eps: float = 1e-10) -> sp.csr_array:
@@ -72,6 +74,51 @@ def propagate(
     prod = np.asarray(seed, dtype=np.float64)
     for _ in range(max_iter):
         prod = mt @ prod[row_to_node]
+        if not prod.any():
+            return influence
+        influence += prod
+    raise RuntimeError(f"influence did not converge in {max_iter} steps: is the graph acyclic?")
+
+
+def propagate_chunks(
+    chunks: Sequence[tuple[np.ndarray, sp.csr_array]],
+    seed: np.ndarray,
+    *,
+    eps: float = 1e-8,
+    max_iter: int = 1000,
+) -> np.ndarray:
+    """:func:`propagate` over rows kept as chunks, normalising each chunk on the fly.
+
+    Equivalent to stacking the chunks, calling :func:`row_normalize` and :func:`propagate`, but
+    only one chunk's ``|values|`` is materialised at a time: memory stays at the stored rows.
+
+    Args:
+        chunks: ``(row_nodes (R_i,), rows (R_i, N))`` pairs: raw (signed) adjacency rows and the
+            node of each row.
+        seed: ``(N,)`` weights on target nodes.
+        eps: Floor of the row sums of ``|rows|``.
+        max_iter: Safety bound on the number of steps.
+
+    Returns:
+        ``(N,)`` influence of every node (the seed itself not included).
+    """
+    n_nodes = len(seed)
+    scales = []
+    for _, rows in chunks:
+        absolute = sp.csr_array((np.abs(rows.data), rows.indices, rows.indptr), shape=rows.shape)
+        sums = np.asarray(absolute.sum(axis=1), dtype=np.float64).ravel()
+        scales.append(1.0 / np.maximum(sums, eps))
+    influence = np.zeros(n_nodes, dtype=np.float64)
+    prod = np.asarray(seed, dtype=np.float64)
+    for _ in range(max_iter):
+        nxt = np.zeros(n_nodes, dtype=np.float64)
+        for (nodes, rows), scale in zip(chunks, scales, strict=True):
+            weights = prod[nodes] * scale
+            if not weights.any():
+                continue
+            absolute = sp.csr_array((np.abs(rows.data), rows.indices, rows.indptr), shape=rows.shape)
+            nxt[: absolute.shape[1]] += absolute.T @ weights
+        prod = nxt
         if not prod.any():
             return influence
         influence += prod

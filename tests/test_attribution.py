@@ -244,3 +244,28 @@ def test_progress_bar_optional(capsys):
     assert "attribution" in capsys.readouterr().err
     sc.attribute(model, PROMPT, sc.load_transcoders(tcs), progress=False)
     assert capsys.readouterr().err == ""
+
+
+def test_chunked_influence_equals_stacked():
+    import scipy.sparse as sps
+
+    from sae_circuits.influence import propagate, propagate_chunks, row_normalize
+
+    rng = np.random.default_rng(0)
+    n = 40
+    dense = np.tril(rng.normal(size=(n, n)) * (rng.random((n, n)) < 0.3), k=-1)
+    dense[5] = 0  # an empty row
+    seed = np.zeros(n)
+    seed[:3] = [0.5, 0.3, 0.2]
+    full = propagate(row_normalize(sps.csr_array(dense), eps=1e-8), seed)
+    order = rng.permutation(n)
+    chunks = [(order[i : i + 7], sps.csr_array(dense[order[i : i + 7]])) for i in range(0, n, 7)]
+    assert np.allclose(propagate_chunks(chunks, seed, eps=1e-8), full)
+    # the dense power series as an independent check
+    a = np.abs(dense)
+    a = a / np.maximum(a.sum(1, keepdims=True), 1e-8)
+    expect, term = np.zeros(n), seed.copy()
+    for _ in range(n):
+        term = term @ a
+        expect += term
+    assert np.allclose(full, expect)

@@ -8,6 +8,11 @@ Accepted sources:
   ``cfg.json``);
 * a sequence of SAELens ``Transcoder`` / ``SkipTranscoder`` / ``JumpReLUTranscoder`` objects
   (index = layer);
+* a cross-layer transcoder (CLT): a folder in the public per-layer layout (``W_enc_{l}`` /
+  ``W_dec_{l}.safetensors`` + ``config.yaml``, as the ``mntss/clt-*`` releases), a folder written
+  by ``CrossLayerTranscoder.save_model``, or a
+  :class:`~sae_circuits.transcoders.clt_sae.CrossLayerTranscoder` object; decoders of folders are
+  read lazily (only active features' rows are materialised), see ``docs/clt.md``;
 * an existing :class:`~sae_circuits.transcoders.sets.TranscoderSet` (returned as is).
 
 Example:
@@ -19,6 +24,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Sequence
@@ -26,7 +32,11 @@ from pathlib import Path
 from typing import Any
 
 from sae_lens import SAE, Transcoder
+from transformer_lens import HookedTransformer
 
+from sae_circuits.transcoders._clt_files import is_clt_folder
+from sae_circuits.transcoders.clt import CrossLayerTranscoderSet
+from sae_circuits.transcoders.clt_sae import ARCHITECTURE, CrossLayerTranscoder, HookSpec
 from sae_circuits.transcoders.sets import PerLayerTranscoderSet, TranscoderSet
 
 __all__ = ["load_transcoders"]
@@ -35,45 +45,127 @@ _LAYER_DIR = re.compile(r"^layer_(\d+)$")
 
 
 def load_transcoders(
-    source: str | os.PathLike[str] | Sequence[Transcoder] | TranscoderSet,
+    source: str | os.PathLike[str] | Sequence[Transcoder] | CrossLayerTranscoder | TranscoderSet,
     *,
-    input_hook: str | None = None,
-    output_hook: str | None = None,
+    input_hook: HookSpec | None = None,
+    output_hook: HookSpec | None = None,
     device: str | None = None,
     dtype: str | None = None,
+    lazy_decoder: bool = True,
+    lazy_encoder: bool = False,
+    model: HookedTransformer | None = None,
 ) -> TranscoderSet:
     """Load the transcoders that replace a model's MLPs.
 
     Args:
-        source: A folder of ``layer_{i}/`` SAELens transcoder folders, a sequence of SAELens
-            transcoders (index = layer), or a transcoder set.
+        source: A folder of ``layer_{i}/`` SAELens transcoder folders, a CLT folder (public
+            per-layer layout or a ``CrossLayerTranscoder.save_model`` folder), a sequence of
+            SAELens transcoders (index = layer), a ``CrossLayerTranscoder``, or a transcoder set.
         input_hook: Override of every layer's input hook suffix (e.g. ``"mlp.hook_in"``);
-            default: each transcoder's ``cfg.metadata.hook_name``.
+            default: each transcoder's ``cfg.metadata.hook_name`` (a CLT folder:
+            ``feature_input_hook`` of its ``config.yaml``). For a CLT also a ``{layer}``
+            template or a list of full names.
         output_hook: Override of every layer's output hook suffix (e.g. ``"hook_mlp_out"``);
-            default: each transcoder's ``cfg.metadata.hook_name_out``.
-        device: Device to load weights to (default: the saved config's, usually ``"cpu"``).
-        dtype: dtype to load weights as, e.g. ``"float32"`` (default: the saved config's).
+            default: each transcoder's ``cfg.metadata.hook_name_out`` (a CLT folder:
+            ``feature_output_hook``).
+        device: Device to load weights to (default: the saved config's, usually ``"cpu"``;
+            ``"cpu"`` for a CLT folder).
+        dtype: dtype to load weights as, e.g. ``"float32"`` (default: the saved one).
+        lazy_decoder: CLT folders only: read decoder rows on demand instead of loading all
+            decoders (default ``True``).
+        lazy_encoder: CLT folders in the public layout only: read encoders on demand too.
+        model: Optional model to check the transcoders against now (layers, widths, hooks);
+            for a CLT folder the messages name the offending file.
 
     Returns:
         A :class:`TranscoderSet` whose hooks are checked against a model when it is used.
 
     Raises:
-        FileNotFoundError: The folder does not exist or holds no ``layer_{i}`` folders.
-        ValueError: Layer folders are not numbered ``0..L-1`` or a folder is not a transcoder.
+        FileNotFoundError: The folder does not exist or holds no transcoders.
+        ValueError: Layer folders are not numbered ``0..L-1``, a folder is not a transcoder, a
+            CLT folder is malformed (missing/extra layer files, unknown keys, shapes that
+            disagree; the message names the file), or the transcoders do not fit ``model``.
         TypeError: ``source`` is of an unsupported type.
     """
+    ts = _load(
+        source,
+        input_hook=input_hook,
+        output_hook=output_hook,
+        device=device,
+        dtype=dtype,
+        lazy_decoder=lazy_decoder,
+        lazy_encoder=lazy_encoder,
+    )
+    if model is not None:
+        from sae_circuits.replacement import check_compatible
+
+        if isinstance(ts, CrossLayerTranscoderSet):
+            ts.check_model(model)
+        check_compatible(model, ts)
+    return ts
+
+
+def _load(
+    source: Any,
+    *,
+    input_hook: HookSpec | None,
+    output_hook: HookSpec | None,
+    device: str | None,
+    dtype: str | None,
+    lazy_decoder: bool,
+    lazy_encoder: bool,
+) -> TranscoderSet:
     if isinstance(source, TranscoderSet):
         return source
+    if isinstance(source, CrossLayerTranscoder):
+        return CrossLayerTranscoderSet.from_sae(
+            source, input_hook=input_hook, output_hook=output_hook
+        )
     if isinstance(source, (str, os.PathLike)):
-        transcoders = _load_folder(Path(source), device=device, dtype=dtype)
+        folder = Path(source)
+        if folder.is_dir() and _is_clt(folder):
+            return CrossLayerTranscoderSet.from_folder(
+                folder,
+                input_hook=input_hook,
+                output_hook=output_hook,
+                lazy_decoder=lazy_decoder,
+                lazy_encoder=lazy_encoder,
+                device=device or "cpu",
+                dtype=dtype,
+            )
+        transcoders = _load_folder(folder, device=device, dtype=dtype)
     elif isinstance(source, Sequence):
         transcoders = list(source)
+        if any(isinstance(tc, CrossLayerTranscoder) for tc in transcoders):
+            raise TypeError(
+                "load_transcoders: a CrossLayerTranscoder covers every layer by itself; pass it "
+                "alone, not in a sequence"
+            )
     else:
         raise TypeError(
             f"load_transcoders: unsupported source of type {type(source).__name__}; expected a "
-            "folder path, a sequence of SAELens transcoders, or a TranscoderSet"
+            "folder path, a sequence of SAELens transcoders, a CrossLayerTranscoder, or a "
+            "TranscoderSet"
         )
+    if not isinstance(input_hook, (str, type(None))) or not isinstance(
+        output_hook, (str, type(None))
+    ):
+        raise TypeError("load_transcoders: per-layer transcoders take hook suffixes (str) only")
     return PerLayerTranscoderSet(transcoders, input_hook=input_hook, output_hook=output_hook)
+
+
+def _is_clt(folder: Path) -> bool:
+    """A public-layout CLT folder, or a SAELens folder whose cfg.json is a CLT."""
+    if is_clt_folder(folder):
+        return True
+    cfg = folder / "cfg.json"
+    if not cfg.is_file():
+        return False
+    try:
+        raw = json.loads(cfg.read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return isinstance(raw, dict) and raw.get("architecture") == ARCHITECTURE
 
 
 def _load_folder(folder: Path, *, device: str | None, dtype: str | None) -> list[Transcoder]:

@@ -172,9 +172,13 @@ class PerLayerTranscoderSet(TranscoderSet):
                     f"layer {layer}: reshape_activations={tc.cfg.reshape_activations!r} is not "
                     "supported (transcoders must read a (pos, d_model) activation)"
                 )
-            ins.append(_hook_name(layer, input_hook, tc.cfg.metadata.hook_name, "input", "hook_name"))
+            ins.append(
+                _hook_name(layer, input_hook, tc.cfg.metadata.hook_name, "input", "hook_name")
+            )
             outs.append(
-                _hook_name(layer, output_hook, tc.cfg.metadata.hook_name_out, "output", "hook_name_out")
+                _hook_name(
+                    layer, output_hook, tc.cfg.metadata.hook_name_out, "output", "hook_name_out"
+                )
             )
         d_in = {tc.cfg.d_in for tc in transcoders}
         d_out = {tc.cfg.d_out for tc in transcoders}
