@@ -12,6 +12,7 @@ from sae_circuits._version import __version__
 from sae_circuits.attribution import attribute
 from sae_circuits.graph import AttributionGraph
 from sae_circuits.hooks import HookNotFoundError
+from sae_circuits.models import check_transcoders_match, load_model
 from sae_circuits.replacement import replacement
 from sae_circuits.transcoders import (
     CrossLayerTranscoder,
@@ -19,6 +20,10 @@ from sae_circuits.transcoders import (
     CrossLayerTranscoderSet,
     PerLayerTranscoderSet,
     TranscoderSet,
+    TranscoderSetConfig,
+    WeightsUnavailableError,
+    get_config,
+    list_configs,
     load_transcoders,
 )
 
@@ -30,8 +35,14 @@ __all__ = [
     "HookNotFoundError",
     "PerLayerTranscoderSet",
     "TranscoderSet",
+    "TranscoderSetConfig",
+    "WeightsUnavailableError",
     "__version__",
     "attribute",
+    "check_transcoders_match",
+    "get_config",
+    "list_configs",
+    "load_model",
     "load_transcoders",
     "replacement",
 ]

@@ -1,29 +1,33 @@
 """The frozen forward pass and the batched backward passes that give attribution rows.
 
-One forward pass of the user's model runs with scoped hooks that make it the prompt's *local
-replacement model, frozen*: attention patterns and every norm's scale are detached (constants),
-each MLP's output is replaced by its clean value (the transcoder reconstruction plus error) as a
-constant, with only a skip transcoder's linear skip path left live. What is left is affine in the
-residual stream, so gradients are exact direct effects.
+A clean forward pass of the user's model (scoped hooks, no gradients) records what the *local
+replacement model, frozen* holds fixed: every attention pattern, every norm's scale, each block's
+input, each transcoder's input and output. Each block is then *replayed* as a function of its
+input and of a zero *source* added at its transcoder output hook, with the recorded patterns and
+scales substituted, the MLP output replaced by its clean value (only a skip transcoder's linear
+skip path left live) and ``z = pattern @ v`` given a fast batched backward
+(``_frozen_attention``). That function is affine, so its vector-Jacobian product, taken once per
+block with ``torch.func.vjp``, gives exact direct effects.
 
-Zero-valued *source leaves* are added at every transcoder output hook and at ``hook_embed``; the
-graph is cut at each block's ``hook_resid_pre`` into per-block segments. A batch of targets
-(feature encoder directions at their input hook, demeaned unembedding columns at the unembed's
-input) is back-propagated segment by segment from the batch's highest layer down, with
-``torch.autograd.grad(..., is_grads_batched=True)``: one backward pass per segment for the
-whole batch, only through the blocks below the batch's targets, and only a few
-``(batch, pos, d_model)`` gradients alive at a time. At each output hook the gradient is
-contracted right away with the vectors that sources write there (``a_s * W_dec[s]`` for features,
-the error vectors, the token embeddings), giving one dense ``(batch, n_sources)`` block of rows.
+A batch of targets (feature encoder directions at their input hook, demeaned unembedding columns at
+the unembedding's input) is propagated block by block from the batch's highest layer down, with
+``torch.func.vmap`` over the block's VJP: the batch never touches blocks above its targets, the
+forward pass is never replicated, and only a few ``(batch, pos, d_model)`` gradients are alive at
+a time. At each output hook the gradient is contracted right away with what each source writes
+there (``a_s * W_dec[s]`` for features, the error vectors, the token embeddings), giving one dense
+``(batch, n_sources)`` block of rows.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from torch.func import vjp, vmap
 from transformer_lens import HookedTransformer
 
+from sae_circuits._frozen_attention import frozen_mix
 from sae_circuits.hooks import HookSite, scoped_hooks
 from sae_circuits.replacement import ResolvedTranscoders
 
@@ -74,19 +78,16 @@ class Trace:
     errors: torch.Tensor
     embeds: torch.Tensor
     resolved: ResolvedTranscoders
-    # graph pieces
-    _x_in: list[torch.Tensor]
-    _seg_in: list[torch.Tensor]
-    _seg_out: list[torch.Tensor]
-    _out_src: list[torch.Tensor]
-    _embed_src: torch.Tensor
-    _embed_out: torch.Tensor
+    _vjps: list[Callable]  # per block: (d out, d x_in) -> (d block input, d source)
+    _out_shapes: list[torch.Size]  # per block: its output (the unembed input for the last)
+    _in_shapes: list[torch.Size]  # per block: the transcoder input
     _writers: list[list[_WriterGroup]]
     _unembed: torch.Tensor  # (d_model, d_vocab)
+    _chunk: int | None  # vmap chunk size (memory bound for long prompts)
 
     @property
     def n_layers(self) -> int:
-        return len(self._x_in)
+        return len(self._vjps)
 
     @property
     def n_pos(self) -> int:
@@ -104,7 +105,7 @@ class Trace:
     def encoder_vectors(self, rows: torch.Tensor) -> torch.Tensor:
         """Encoder directions ``(k, d_in)`` of the active features ``rows``."""
         ts = self.resolved.transcoders
-        out = torch.empty(len(rows), ts.d_in, dtype=self._x_in[0].dtype, device=self.errors.device)
+        out = torch.empty(len(rows), ts.d_in, dtype=self.errors.dtype, device=self.errors.device)
         layers = self.feature_layer[rows]
         for layer in layers.unique().tolist():
             mask = layers == layer
@@ -131,66 +132,38 @@ class Trace:
             ``(B, n_sources)`` rows, columns as in :attr:`n_sources`.
         """
         n_layers, n, n_active = self.n_layers, self.n_pos, self.n_active
-        device = self.errors.device
+        device, dtype = self.errors.device, self.errors.dtype
         layers, positions = layers.to(device), positions.to(device)
-        vectors = vectors.to(device)
+        vectors = vectors.to(device, dtype)
         batch = len(layers)
-        out = torch.zeros(batch, self.n_sources, dtype=self.errors.dtype, device=device)
+        out = torch.zeros(batch, self.n_sources, dtype=dtype, device=device)
         bidx = torch.arange(batch, device=device)
-        top = int(layers.max())
+
+        def injected(shape: torch.Size, mask: torch.Tensor) -> torch.Tensor:
+            inject = torch.zeros((batch, *shape), dtype=dtype, device=device)
+            inject[bidx[mask], 0, positions[mask]] = vectors[mask]
+            return inject
+
         grad: torch.Tensor | None = None
-        for layer in range(min(top, n_layers - 1), -1, -1):
-            outputs, grad_outputs = [], []
-            seg_grad = grad
+        for layer in range(min(int(layers.max()), n_layers - 1), -1, -1):
+            g_out = (
+                grad
+                if grad is not None
+                else torch.zeros((batch, *self._out_shapes[layer]), dtype=dtype, device=device)
+            )
             if layer == n_layers - 1 and (layers == n_layers).any():
-                mask = layers == n_layers
-                inject = torch.zeros(
-                    (batch, *self._seg_out[layer].shape), dtype=vectors.dtype, device=device
-                )
-                inject[bidx[mask], 0, positions[mask]] = vectors[mask]
-                seg_grad = inject if seg_grad is None else seg_grad + inject
-            if seg_grad is not None:
-                outputs.append(self._seg_out[layer])
-                grad_outputs.append(seg_grad.to(self._seg_out[layer].dtype))
-            mask = layers == layer
-            if mask.any():
-                inject = torch.zeros(
-                    (batch, *self._x_in[layer].shape), dtype=vectors.dtype, device=device
-                )
-                inject[bidx[mask], 0, positions[mask]] = vectors[mask]
-                outputs.append(self._x_in[layer])
-                grad_outputs.append(inject.to(self._x_in[layer].dtype))
-            if not outputs:
-                continue
-            g_in, g_src = torch.autograd.grad(
-                outputs,
-                [self._seg_in[layer], self._out_src[layer]],
-                grad_outputs,
-                retain_graph=True,
-                allow_unused=True,
-                is_grads_batched=True,
-            )
-            if g_src is not None:
-                g = g_src[:, 0].to(out.dtype)  # (B, n, d)
-                for group in self._writers[layer]:
-                    out.index_add_(1, group.cols, group.contract(g))
-                base = n_active + layer * n
-                out[:, base : base + n] = torch.einsum("bnd,nd->bn", g, self.errors[layer])
+                g_out = g_out + injected(self._out_shapes[layer], layers == n_layers)
+            g_x = injected(self._in_shapes[layer], layers == layer)
+            g_in, g_src = vmap(self._vjps[layer], chunk_size=self._chunk)((g_out, g_x))
+            g = g_src[:, 0].to(dtype)  # (B, n, d)
+            for group in self._writers[layer]:
+                out.index_add_(1, group.cols, group.contract(g))
+            base = n_active + layer * n
+            out[:, base : base + n] = torch.einsum("bnd,nd->bn", g, self.errors[layer])
             grad = g_in
-        if grad is not None:
-            (g_embed,) = torch.autograd.grad(
-                [self._embed_out],
-                [self._embed_src],
-                [grad],
-                retain_graph=True,
-                allow_unused=True,
-                is_grads_batched=True,
-            )
-            if g_embed is not None:
-                base = n_active + n_layers * n
-                out[:, base : base + n] = torch.einsum(
-                    "bnd,nd->bn", g_embed[:, 0].to(out.dtype), self.embeds
-                )
+        if grad is not None:  # hook_embed adds straight into block 0's input
+            base = n_active + n_layers * n
+            out[:, base : base + n] = torch.einsum("bnd,nd->bn", grad[:, 0].to(dtype), self.embeds)
         return out
 
 
@@ -200,14 +173,17 @@ def trace(
     resolved: ResolvedTranscoders,
     *,
     attention_sink: bool = True,
+    memory_budget: int = 2**28,
 ) -> Trace:
-    """Run the frozen forward pass of ``tokens`` and collect what backward passes need.
+    """Run the clean forward pass of ``tokens`` and build the frozen blocks' VJPs.
 
     Args:
-        model: The user's model (only scoped hooks are added).
+        model: The user's model (only scoped hooks are added, and removed after each pass).
         tokens: ``(n,)`` token ids.
         resolved: Transcoders checked against the model.
         attention_sink: Zero the features and error vectors at position 0.
+        memory_budget: Bytes one batched block backward may use for a ``(pos, d_model)``-sized
+            intermediate across the batch; larger batches are processed in chunks.
 
     Returns:
         A :class:`Trace`.
@@ -221,86 +197,45 @@ def trace(
     device = model.W_E.device
     d_model = model.cfg.d_model
 
-    def leaf(shape: tuple[int, ...]) -> torch.Tensor:
-        return torch.zeros(shape, dtype=dtype, device=device, requires_grad=True)
+    # 1. the clean forward pass: record everything the frozen model holds fixed
+    frozen = [name for name in model.hook_dict if name.endswith(("hook_pattern", "hook_scale"))]
+    cache: dict[str, torch.Tensor] = {}
 
-    out_src = [leaf((1, n, d_model)) for _ in range(n_layers)]
-    embed_src = leaf((1, n, d_model))
-    x_in: list[torch.Tensor | None] = [None] * n_layers
-    mlp_out: list[torch.Tensor | None] = [None] * n_layers
-    seg_in: list[torch.Tensor | None] = [None] * n_layers
-    seg_out: list[torch.Tensor | None] = [None] * n_layers
-    box: dict[str, torch.Tensor] = {}
-
-    def freeze(t: torch.Tensor) -> torch.Tensor:
-        return t.detach()
-
-    def embed_hook(t: torch.Tensor) -> torch.Tensor:
-        box["embeds"] = t.detach()[0].clone()
-        return t.detach() + embed_src
-
-    def cut(layer: int):
-        def fn(t: torch.Tensor) -> torch.Tensor:
-            if layer == 0:
-                box["embed_out"] = t
-            else:
-                seg_out[layer - 1] = t
-            new = t.detach().requires_grad_(True)
-            seg_in[layer] = new
-            return new
-
-        return fn
-
-    def read(layer: int):
+    def record(key: str):
         def fn(t: torch.Tensor) -> None:
-            x_in[layer] = t
+            cache[key] = t.detach()
 
         return fn
 
-    def write(layer: int):
-        def fn(t: torch.Tensor) -> torch.Tensor:
-            mlp_out[layer] = t.detach()
-            new = t.detach() + out_src[layer]
-            x = x_in[layer]
-            if ts.has_skip and x is not None:
-                skip = ts.skip(layer, x[0])
-                if skip is not None:
-                    skip = skip.to(t.dtype)
-                    new = new + (skip - skip.detach())
-            return new
-
-        return fn
-
-    def unembed_in(t: torch.Tensor) -> None:
-        seg_out[n_layers - 1] = t
-
-    hooks: list[tuple[HookSite | str, object]] = []
-    for name in model.hook_dict:
-        if name.endswith(("hook_pattern", "hook_scale")):
-            hooks.append((name, freeze))
-    hooks.append(("hook_embed", embed_hook))
-    hooks += [(f"blocks.{layer}.hook_resid_pre", cut(layer)) for layer in range(n_layers)]
-    hooks += [(site, read(layer)) for layer, site in enumerate(resolved.inputs)]
-    hooks += [(site, write(layer)) for layer, site in enumerate(resolved.outputs)]
-    hooks.append((HookSite("unembed.input", None, "unembed", "pre"), unembed_in))
-
-    with torch.enable_grad(), scoped_hooks(model, hooks):  # type: ignore[arg-type]
+    hooks: list[tuple[HookSite | str, object]] = [(name, record(name)) for name in frozen]
+    hooks += [("hook_embed", record("embed"))]
+    hooks += [
+        (f"blocks.{layer}.hook_resid_pre", record(f"resid{layer}")) for layer in range(n_layers)
+    ]
+    hooks += [(site, record(f"in{layer}")) for layer, site in enumerate(resolved.inputs)]
+    hooks += [(site, record(f"out{layer}")) for layer, site in enumerate(resolved.outputs)]
+    with torch.no_grad(), scoped_hooks(model, hooks):  # type: ignore[arg-type]
         logits = model(tokens[None].to(device), return_type="logits")[0, -1].detach()
 
-    missing = [layer for layer in range(n_layers) if x_in[layer] is None or mlp_out[layer] is None]
-    if missing or any(s is None for s in seg_out):
+    missing = [
+        layer
+        for layer in range(n_layers)
+        if f"in{layer}" not in cache or f"out{layer}" not in cache
+    ]
+    if missing:
         raise RuntimeError(f"transcoder hooks did not fire for layers {missing}")
+
+    # 2. features and error vectors
     acts_by_layer: dict[int, torch.Tensor] = {}
     f_layer, f_pos, f_idx, f_act = [], [], [], []
     for layer in range(n_layers):
-        x = x_in[layer]
-        assert x is not None
+        x = cache[f"in{layer}"]
         if not torch.isfinite(x).all():
             raise FloatingPointError(
                 f"non-finite values at {resolved.inputs[layer].name} (layer {layer} transcoder input)"
             )
         with torch.no_grad():
-            pre = ts.pre_activations(layer, x.detach()[0].to(ts.device))
+            pre = ts.pre_activations(layer, x[0].to(ts.device))
             acts = ts.activation_fn(layer, pre)
         if not torch.isfinite(acts).all():
             raise FloatingPointError(f"non-finite feature activations at layer {layer}")
@@ -315,16 +250,15 @@ def trace(
         f_act.append(sparse.values())
 
     errors = torch.empty(n_layers, n, d_model, dtype=dtype, device=device)
+    skip_clean: dict[int, torch.Tensor] = {}
     with torch.no_grad():
         for layer in range(n_layers):
             recon = ts.decode(layer, acts_by_layer).to(dtype)
-            x = x_in[layer]
-            assert x is not None
-            skip = ts.skip(layer, x.detach()[0])
+            skip = ts.skip(layer, cache[f"in{layer}"][0])
             if skip is not None:
-                recon = recon + skip.to(dtype)
-            out = mlp_out[layer]
-            assert out is not None
+                skip_clean[layer] = skip.to(dtype)
+                recon = recon + skip_clean[layer]
+            out = cache[f"out{layer}"]
             if not torch.isfinite(out).all():
                 raise FloatingPointError(f"non-finite values at {resolved.outputs[layer].name}")
             errors[layer] = out[0] - recon
@@ -357,7 +291,18 @@ def trace(
                 poss.append(feature_pos[sel])
             writers.append(_group_by_position(cols, vecs, poss))
 
-    embed_out = box["embed_out"]
+    # 3. each block, replayed frozen, and its vector-Jacobian product
+    vjps, out_shapes, in_shapes = [], [], []
+    for layer in range(n_layers):
+        block = _FrozenBlock(model, resolved, layer, cache, skip_clean.get(layer))
+        resid = cache[f"resid{layer}"]
+        (out, x_in), vjp_fn = vjp(block, resid, torch.zeros_like(cache[f"out{layer}"]))
+        vjps.append(vjp_fn)
+        out_shapes.append(out.shape)
+        in_shapes.append(x_in.shape)
+    per_target = n * max(d_model, model.cfg.d_mlp or d_model) * torch.finfo(dtype).bits // 8 * 8
+    chunk = max(1, memory_budget // max(per_target, 1))
+
     return Trace(
         tokens=tokens.cpu(),
         logits=logits.cpu(),
@@ -366,17 +311,86 @@ def trace(
         feature_idx=feature_idx,
         feature_act=feature_act,
         errors=errors,
-        embeds=box["embeds"],
+        embeds=cache["embed"][0],
         resolved=resolved,
-        _x_in=[x for x in x_in if x is not None],
-        _seg_in=[s for s in seg_in if s is not None],
-        _seg_out=[s for s in seg_out if s is not None],
-        _out_src=out_src,
-        _embed_src=embed_src,
-        _embed_out=embed_out,
+        _vjps=vjps,
+        _out_shapes=out_shapes,
+        _in_shapes=in_shapes,
         _writers=writers,
         _unembed=model.W_U.detach(),
+        _chunk=chunk,
     )
+
+
+class _FrozenBlock:
+    """Block ``layer`` of the frozen replacement model as a function of its input and a source.
+
+    ``(resid_pre, source) -> (output, transcoder input)``: the block's output is the next block's
+    input, or for the last block the unembedding's input (after the final norm). Patterns and
+    norm scales are the recorded clean ones; the transcoder output hook holds its clean value plus
+    ``source`` (plus a skip transcoder's live skip path).
+    """
+
+    def __init__(
+        self,
+        model: HookedTransformer,
+        resolved: ResolvedTranscoders,
+        layer: int,
+        cache: dict[str, torch.Tensor],
+        skip_clean: torch.Tensor | None,
+    ) -> None:
+        self.model, self.resolved, self.layer = model, resolved, layer
+        self.cache, self.skip_clean = cache, skip_clean
+
+    def __call__(
+        self, resid: torch.Tensor, source: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        model, layer, cache = self.model, self.layer, self.cache
+        last = layer == model.cfg.n_layers - 1
+        ts = self.resolved.transcoders
+        prefix = f"blocks.{layer}."
+        box: dict[str, torch.Tensor] = {}
+
+        def replay(name: str):
+            return lambda t: cache[name]
+
+        def keep(key: str):
+            def fn(t: torch.Tensor) -> torch.Tensor:
+                box[key] = t
+                return t
+
+            return fn
+
+        def write(t: torch.Tensor) -> torch.Tensor:
+            new = cache[f"out{layer}"] + source
+            if self.skip_clean is not None:
+                skip = ts.skip(layer, box["x"][0])
+                assert skip is not None
+                new = new + (skip.to(new.dtype) - self.skip_clean)[None]
+            return new
+
+        hooks: list[tuple[HookSite | str, object]] = []
+        for name in cache:
+            if name.endswith(("hook_pattern", "hook_scale")) and (
+                name.startswith(prefix) or (last and name.startswith("ln_final."))
+            ):
+                hooks.append((name, replay(name)))
+        attn = prefix + "attn."
+        if {attn + "hook_v", attn + "hook_z", attn + "hook_pattern"} <= model.hook_dict.keys():
+            pattern = cache[attn + "hook_pattern"]
+
+            def mix(t: torch.Tensor) -> torch.Tensor:
+                if "v" not in box or pattern.shape[1] != t.shape[2]:
+                    return t  # an attention variant we do not know: autograd's own path
+                return t.detach() + frozen_mix(box["v"], pattern.to(t.dtype), int(t.shape[2]))
+
+            hooks += [(attn + "hook_v", keep("v")), (attn + "hook_z", mix)]
+        hooks += [(self.resolved.inputs[layer], keep("x")), (self.resolved.outputs[layer], write)]
+        with scoped_hooks(model, hooks):  # type: ignore[arg-type]
+            out = model.blocks[layer](resid)
+            if last and model.cfg.normalization_type is not None:
+                out = model.ln_final(out)
+        return out, box["x"]
 
 
 def _group_by_position(

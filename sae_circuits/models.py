@@ -1,0 +1,294 @@
+"""Loading models for attribution, and checking that transcoders were made for them.
+
+:func:`load_model` returns a ``HookedTransformer`` with the settings attribution needs:
+``HookedTransformer.from_pretrained_no_processing`` (no weight processing), float32 by default.
+It accepts a TransformerLens model name, a transcoder config name or YAML file (the config's
+model), and ``"toy-facts"`` (the shipped toy model, offline).
+
+:func:`check_transcoders_match` says clearly when transcoders were made for another model
+(model name, layer count, width, hooks).
+
+Example:
+    >>> import sae_circuits as sc
+    >>> from sae_circuits.models import load_model
+    >>> model = load_model("gemma-2-2b-gemmascope")          # the config's model: gemma-2-2b
+    >>> transcoders = sc.load_transcoders("gemma-2-2b-gemmascope")
+    >>> check_transcoders_match(model, transcoders)
+    >>> toy = load_model("toy-facts")                        # offline
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import logging
+import os
+from typing import Any
+
+import torch
+from transformer_lens import HookedTransformer
+
+from sae_circuits.transcoders._from_config import default_device
+from sae_circuits.transcoders.configs import (
+    TranscoderSetConfig,
+    list_configs,
+    load_config,
+)
+from sae_circuits.transcoders.sets import PerLayerTranscoderSet, TranscoderSet
+
+__all__ = ["TOY_MODEL", "ModelUnavailableError", "check_transcoders_match", "load_model"]
+
+logger = logging.getLogger(__name__)
+
+#: Name of the shipped toy model.
+TOY_MODEL = "toy-facts"
+
+
+class ModelUnavailableError(FileNotFoundError):
+    """A model's weights are neither cached nor downloadable (the message says how to provide
+    them)."""
+
+
+def load_model(
+    name: str | os.PathLike[str] | TranscoderSetConfig,
+    *,
+    device: str | None = None,
+    dtype: str | torch.dtype | None = None,
+    transcoders: Any = None,
+    **kwargs: Any,
+) -> HookedTransformer:
+    """A ``HookedTransformer`` set up for exact attribution.
+
+    The model is loaded with ``HookedTransformer.from_pretrained_no_processing``: none of
+    TransformerLens' weight processing, because each changes what the hooks hold and so what
+    transcoders read and write there:
+
+    * ``fold_ln`` would fold the norms' weights into the next layers: ``mlp.hook_in`` (the MLP's
+      input, after ``ln2`` and its weight) would become the unweighted normalised residual,
+      no longer the activation the transcoders were trained on;
+    * ``center_writing_weights`` would remove the mean from everything written to the residual
+      stream: ``hook_resid_mid``, ``hook_mlp_out`` and ``mlp.hook_out`` would all change;
+    * ``center_unembed`` and ``fold_value_biases`` shift logits and attention outputs
+      (logit attributions and error nodes would no longer match the original model).
+
+    Weights stay as the checkpoint has them, in float32 unless ``dtype`` says otherwise, so
+    attributions are exact with respect to the original model.
+
+    Args:
+        name: A TransformerLens model name (``"gemma-2-2b"``, ``"meta-llama/Llama-3.2-1B"``), a
+            transcoder config name or YAML file (its ``model``, with its ``model_kwargs``),
+            a :class:`TranscoderSetConfig`, or ``"toy-facts"`` (the shipped toy model, offline;
+            the configs ``"toy-facts"`` / ``"toy-facts-clt"`` give it too).
+        device: Default ``"cuda"`` if ``torch.cuda.is_available()`` else ``"cpu"``.
+        dtype: Default ``float32``.
+        transcoders: Optional transcoders (a set, config name or config) to check the model
+            against (:func:`check_transcoders_match`).
+        **kwargs: More keyword arguments for ``from_pretrained_no_processing`` (e.g.
+            ``hf_model=`` a ``transformers`` model loaded from a local folder).
+
+    Returns:
+        The model, in eval mode.
+
+    Raises:
+        ValueError: ``name`` is neither a config nor a TransformerLens model name (the message
+            lists config names and close model names); ``transcoders`` do not fit.
+        ModelUnavailableError: The weights are not cached and cannot be downloaded (offline,
+            gated model); the message names the Hugging Face repository and how to provide it.
+    """
+    device = device or default_device()
+    model_name, config_kwargs = _model_name(name)
+    if model_name == TOY_MODEL:
+        from sae_circuits.toy.facts import load_toy_model
+
+        model = load_toy_model(device=device)
+        if dtype is not None:
+            model = model.to(_torch_dtype(dtype))
+    else:
+        official = _official_name(model_name)
+        args = {**config_kwargs, **kwargs}
+        try:
+            model = HookedTransformer.from_pretrained_no_processing(
+                official, device=device, dtype=_torch_dtype(dtype or "float32"), **args
+            )
+        except (OSError, ConnectionError, RuntimeError) as exc:
+            error = _unavailable(official, exc)
+            if error is None:
+                raise
+            raise error from exc
+    model.eval()
+    if transcoders is not None:
+        check_transcoders_match(model, transcoders)
+    return model
+
+
+def _torch_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    value = getattr(torch, str(dtype).removeprefix("torch."), None)
+    if not isinstance(value, torch.dtype):
+        raise ValueError(f"unknown dtype {dtype!r}; e.g. 'float32', 'bfloat16'")
+    return value
+
+
+def _model_name(name: Any) -> tuple[str, dict[str, Any]]:
+    """The model a name stands for, and the config's ``model_kwargs``."""
+    config = _config_for(name)
+    if config is not None:
+        return config.model, dict(config.model_kwargs)
+    return os.fspath(name), {}
+
+
+def _config_for(name: Any) -> TranscoderSetConfig | None:
+    if isinstance(name, TranscoderSetConfig):
+        return name
+    text = os.fspath(name)
+    if text.endswith((".yaml", ".yml")):
+        return load_config(text)
+    return list_configs().get(text)
+
+
+def _official_name(name: str) -> str:
+    from transformer_lens.loading_from_pretrained import (
+        OFFICIAL_MODEL_NAMES,
+        get_official_model_name,
+    )
+
+    try:
+        return get_official_model_name(name)
+    except ValueError:
+        close = difflib.get_close_matches(name, OFFICIAL_MODEL_NAMES, n=3, cutoff=0.5)
+        raise ValueError(
+            f"unknown model {name!r}: neither a transcoder config (valid: "
+            f"{', '.join(sorted(list_configs()))}) nor a TransformerLens model name"
+            + (f" (close model names: {', '.join(close)})" if close else "")
+        ) from None
+
+
+def _unavailable(official: str, exc: BaseException) -> ModelUnavailableError | None:
+    """A clear error for weights that cannot be had, or ``None`` for another failure."""
+    from huggingface_hub import constants
+    from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError
+
+    text = f"{type(exc).__name__}: {exc}"
+    gated = isinstance(exc, GatedRepoError) or "gated" in text.lower()
+    missing = isinstance(exc, LocalEntryNotFoundError) or any(
+        s in text.lower()
+        for s in ("offline", "couldn't connect", "not find", "cannot find", "does not appear")
+    )
+    if not (gated or missing):
+        return None
+    if gated:
+        reason = (
+            f"the repository is gated: accept its license on https://huggingface.co/{official} "
+            "and log in (`hf auth login`, or set HF_TOKEN)"
+        )
+    elif constants.HF_HUB_OFFLINE:
+        reason = f"offline mode is on (HF_HUB_OFFLINE) and it is not in the cache {constants.HF_HUB_CACHE!r}"
+    else:
+        reason = f"it is not in the cache {constants.HF_HUB_CACHE!r} and could not be downloaded"
+    return ModelUnavailableError(
+        f"load_model: the weights of {official!r} (Hugging Face repository {official}) are "
+        f"needed but {reason} ({text}). To provide them: download them where there is network "
+        f"(`hf download {official}`, into the cache; set HF_HUB_CACHE or HF_HOME before starting "
+        "Python to use another cache folder), or load a transformers model from a local folder "
+        "and pass it: load_model(name, hf_model=AutoModelForCausalLM.from_pretrained(FOLDER), "
+        "tokenizer=AutoTokenizer.from_pretrained(FOLDER))"
+    )
+
+
+def _canonical(name: str | None) -> str | None:
+    """A comparable model name: TransformerLens' official name, lower-cased, without the org."""
+    if not name:
+        return None
+    from transformer_lens.loading_from_pretrained import get_official_model_name
+
+    with contextlib.suppress(ValueError):
+        name = get_official_model_name(name)
+    return name.split("/")[-1].lower()
+
+
+def _transcoders_model(ts: TranscoderSet) -> tuple[str | None, str]:
+    """The model name a set was made for, and where it comes from (for messages)."""
+    config = getattr(ts, "transcoder_config", None)
+    if isinstance(config, TranscoderSetConfig):
+        return config.model, f"transcoder config {config.name!r} ({config.where})"
+    if isinstance(ts, PerLayerTranscoderSet):
+        for layer, tc in enumerate(ts.transcoders):
+            name = tc.cfg.metadata.model_name
+            if name:
+                return str(name), f"cfg.metadata.model_name of layer {layer}'s transcoder"
+    return None, ""
+
+
+def check_transcoders_match(
+    model: HookedTransformer,
+    transcoders: TranscoderSet | TranscoderSetConfig | str | os.PathLike[str],
+    *,
+    check_name: bool = True,
+) -> None:
+    """Check that transcoders were made for ``model``.
+
+    Compares the model name (``model.cfg.model_name`` against the config's ``model`` or the
+    transcoders' ``cfg.metadata.model_name``, through TransformerLens' official names, when both
+    are known), the number of layers and the width; for a transcoder set also that every hook
+    exists on the model (``sae_circuits.replacement.check_compatible``).
+
+    Args:
+        model: The model.
+        transcoders: A transcoder set, a config, a config name or a YAML config path.
+        check_name: Compare model names (turn off for a fine-tuned copy of the model).
+
+    Raises:
+        ValueError: The transcoders were made for another model (the message names both), or
+            layers, widths or hooks do not fit.
+    """
+    if isinstance(transcoders, (str, os.PathLike)):
+        from sae_circuits.transcoders.configs import resolve_config
+
+        transcoders = resolve_config(transcoders)
+    if isinstance(transcoders, TranscoderSetConfig):
+        made_for, where = transcoders.model, f"transcoder config {transcoders.name!r}"
+    elif isinstance(transcoders, TranscoderSet):
+        made_for, where = _transcoders_model(transcoders)
+    else:
+        raise TypeError(
+            "check_transcoders_match: expected a TranscoderSet, a transcoder config or a config "
+            f"name, got {type(transcoders).__name__}"
+        )
+    mine = model.cfg.model_name
+    if check_name and made_for and _canonical(made_for) != _canonical(mine):
+        raise ValueError(
+            f"the transcoders were made for model {made_for!r} ({where}) but the model is "
+            f"{mine!r}; load the matching model (sae_circuits.models.load_model"
+            f"({made_for!r})) or transcoders made for {mine!r} (pass check_name=False for a "
+            "fine-tuned copy with the same architecture)"
+        )
+    if isinstance(transcoders, TranscoderSetConfig):
+        _check_config_sizes(model, transcoders)
+        return
+    from sae_circuits.replacement import check_compatible
+
+    check_compatible(model, transcoders)
+
+
+def _check_config_sizes(model: HookedTransformer, config: TranscoderSetConfig) -> None:
+    from sae_circuits.hooks import resolve_hook
+
+    n_layers, d_model = model.cfg.n_layers, model.cfg.d_model
+    if config.n_layers != n_layers:
+        raise ValueError(
+            f"transcoder config {config.name!r} covers {config.n_layers} layers but the model "
+            f"{model.cfg.model_name!r} has {n_layers}"
+        )
+    if config.d_model is not None and config.d_model != d_model:
+        raise ValueError(
+            f"transcoder config {config.name!r} has d_model {config.d_model} but the model "
+            f"{model.cfg.model_name!r} has d_model {d_model}"
+        )
+    for layer in range(n_layers):
+        for suffix, which in ((config.hooks.input, "input"), (config.hooks.output, "output")):
+            resolve_hook(
+                model,
+                f"blocks.{layer}.{suffix}",
+                role=f"transcoder config {config.name!r} layer {layer} {which} hook",
+            )
