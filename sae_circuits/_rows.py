@@ -33,9 +33,15 @@ class RowStore:
 
     def add(self, nodes: np.ndarray, block: torch.Tensor) -> None:
         """Store rows ``block`` (``(B, n_sources)``) for the row nodes ``nodes`` (``(B,)``)."""
-        chunk = sp.csr_array(block.detach().float().cpu().numpy())
-        chunk.indices = chunk.indices.astype(np.int32, copy=False)
-        self._chunks.append(chunk)
+        dense = block.detach().float().cpu().numpy()
+        n_rows, n_cols = dense.shape
+        flat = np.flatnonzero(dense)
+        indptr = np.zeros(n_rows + 1, dtype=np.int64)
+        np.cumsum(np.count_nonzero(dense, axis=1), out=indptr[1:])
+        data = dense.ravel()[flat]
+        indices = (flat % n_cols).astype(np.int32)
+        del flat, dense
+        self._chunks.append(sp.csr_array((data, indices, indptr), shape=(n_rows, n_cols)))
         self._nodes.append(np.asarray(nodes, dtype=np.int64))
 
     def chunks(self) -> list[tuple[np.ndarray, sp.csr_array]]:

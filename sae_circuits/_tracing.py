@@ -159,11 +159,11 @@ class Trace:
             for group in self._writers[layer]:
                 out.index_add_(1, group.cols, group.contract(g))
             base = n_active + layer * n
-            out[:, base : base + n] = torch.einsum("bnd,nd->bn", g, self.errors[layer])
+            out[:, base : base + n] = _per_position_dot(g, self.errors[layer])
             grad = g_in
         if grad is not None:  # hook_embed adds straight into block 0's input
             base = n_active + n_layers * n
-            out[:, base : base + n] = torch.einsum("bnd,nd->bn", grad[:, 0].to(dtype), self.embeds)
+            out[:, base : base + n] = _per_position_dot(grad[:, 0].to(dtype), self.embeds)
         return out
 
 
@@ -296,7 +296,7 @@ def trace(
     for layer in range(n_layers):
         block = _FrozenBlock(model, resolved, layer, cache, skip_clean.get(layer))
         resid = cache[f"resid{layer}"]
-        (out, x_in), vjp_fn = vjp(block, resid, torch.zeros_like(cache[f"out{layer}"]))
+        (out, x_in), vjp_fn = vjp(block, resid, torch.zeros_like(cache[f"out{layer}"]))  # type: ignore[misc]
         vjps.append(vjp_fn)
         out_shapes.append(out.shape)
         in_shapes.append(x_in.shape)
@@ -391,6 +391,11 @@ class _FrozenBlock:
             if last and model.cfg.normalization_type is not None:
                 out = model.ln_final(out)
         return out, box["x"]
+
+
+def _per_position_dot(g: torch.Tensor, vecs: torch.Tensor) -> torch.Tensor:
+    """``(B, n, d)`` gradients, ``(n, d)`` vectors -> ``(B, n)`` dot products, one bmm."""
+    return torch.bmm(g.transpose(0, 1), vecs[:, :, None])[:, :, 0].T
 
 
 def _group_by_position(
