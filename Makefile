@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install -q --disable-pip-version-check -c constraints.txt
 
-.PHONY: setup demo test lint bench
+.PHONY: setup demo test lint bench browser
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -22,7 +22,14 @@ lint: setup
 	$(VENV)/bin/ruff format --check sae_circuits tests benchmarks
 	$(VENV)/bin/ruff check sae_circuits tests benchmarks
 
-test: lint
+# Debian's chromium for the viewer's browser tests (Playwright drives it; never
+# `playwright install`, which downloads a browser of its own).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then S=; else S=sudo; fi; \
+	  $$S apt-get update -q && DEBIAN_FRONTEND=noninteractive $$S apt-get install -y -q chromium; }
+
+test: lint browser
 	$(PY) -m pytest -q
 
 bench: setup

@@ -8,11 +8,14 @@ Example:
 """
 
 from sae_circuits import toy  # noqa: F401  (sc.toy: offline toy models)
+from sae_circuits._graph_io import GraphFileError
 from sae_circuits._version import __version__
 from sae_circuits.attribution import attribute
+from sae_circuits.export import save_neuronpedia, to_neuronpedia
 from sae_circuits.graph import AttributionGraph
 from sae_circuits.hooks import HookNotFoundError
 from sae_circuits.models import check_transcoders_match, load_model
+from sae_circuits.pruning import GraphScores
 from sae_circuits.replacement import replacement
 from sae_circuits.transcoders import (
     CrossLayerTranscoder,
@@ -32,6 +35,8 @@ __all__ = [
     "CrossLayerTranscoder",
     "CrossLayerTranscoderConfig",
     "CrossLayerTranscoderSet",
+    "GraphFileError",
+    "GraphScores",
     "HookNotFoundError",
     "PerLayerTranscoderSet",
     "TranscoderSet",
@@ -45,4 +50,6 @@ __all__ = [
     "load_model",
     "load_transcoders",
     "replacement",
+    "save_neuronpedia",
+    "to_neuronpedia",
 ]

@@ -1,47 +1,421 @@
-"""Command line: ``sae-circuits demo`` (more subcommands build on the same parser).
+"""Command line: ``sae-circuits attribute``, ``serve`` and ``demo``.
 
 Example:
-    $ sae-circuits demo            # offline: attribute a prompt on the built-in example
+    $ sae-circuits attribute "The capital of the state containing Dallas is" \\
+          --model toy-facts --transcoders toy-facts -o out/dallas
+    $ sae-circuits serve out/dallas               # http://127.0.0.1:8765/
+    $ sae-circuits demo -o out/demo               # offline: the built-in example
+
+``attribute`` writes a graph folder (``graph.zip``: the full graph, ``pruned.zip``: the pruned
+graph, ``graph.json``: the viewer's / Neuronpedia's JSON); ``serve`` opens it in the local viewer
+(:mod:`sae_circuits.viewer`). Errors are reported in one line on stderr with a non-zero exit
+status: 2 for bad input (arguments, names, folders), 1 for failures while running.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+import webbrowser
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["main"]
+    from sae_circuits.graph import AttributionGraph
+
+__all__ = ["CLIError", "build_parser", "main"]
+
+DEFAULT_PORT = 8765
+#: The model built into the CLI (random weights; anything else goes to
+#: ``sae_circuits.models.load_model``).
+TINY = "tiny"
+#: Transcoder configs of the toy-facts model, and which shipped labels fit them.
+_TOY_FACTS_TRANSCODERS = {"toy-facts": "plt", "toy-facts-clt": "clt"}
+_GRAPH_FILES = ("graph.zip", "pruned.zip", "graph.json")
+
+
+class CLIError(Exception):
+    """An error reported to the user in one line, with an exit status (2: bad input)."""
+
+    def __init__(self, message: str, code: int = 2) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _short(e: BaseException, limit: int = 400) -> str:
+    text = str(e) or type(e).__name__
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+# ---------------------------------------------------------------------------------------------
+# argument types
+
+
+def _fraction(name: str) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{name} must be a number in [0, 1], got {text!r}"
+            ) from None
+        if not math.isfinite(value) or not 0.0 <= value <= 1.0:
+            raise argparse.ArgumentTypeError(
+                f"{name} must be in [0, 1] (the share of influence to keep), got {text!r}"
+            )
+        return value
+
+    return parse
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a port is a number in 0..65535, got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is a number in 0..65535, got {text!r}")
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# models and transcoders (call sites to switch to sae_circuits.models once it exists)
+
+
+def _tiny_model() -> Any:
+    import torch
+
+    from sae_circuits.toy import tiny_model
+
+    torch.manual_seed(0)
+    return tiny_model("llama", seed=0, n_layers=4, d_model=64, d_vocab=128)
+
+
+def load_model_by_name(name: str, *, device: str | None = None) -> Any:
+    """A ``HookedTransformer`` by name: ``tiny`` (built in), else ``sae_circuits.models.load_model``.
+
+    Args:
+        name: ``"tiny"``, ``"toy-facts"``, a transcoder config name (its model) or a
+            TransformerLens model name.
+        device: Device of the weights (default: the loader's).
+
+    Returns:
+        The model.
+
+    Raises:
+        CLIError: The model cannot be loaded (the message says why); exit status 2 for an
+            unknown name, 1 for other failures (e.g. weights that cannot be downloaded).
+    """
+    if name == TINY:
+        return _tiny_model()
+    from sae_circuits.models import load_model
+
+    try:
+        return load_model(name, device=device)
+    except ValueError as e:
+        raise CLIError(f"cannot load model {name!r}: {_short(e)} (or {TINY!r}, built in)") from e
+    except Exception as e:
+        raise CLIError(f"cannot load model {name!r}: {type(e).__name__}: {_short(e)}", 1) from e
+
+
+def load_transcoders_by_name(
+    source: str, model: Any, model_name: str, *, device: str | None = None
+) -> Any:
+    """A transcoder set by name or folder, checked against ``model``.
+
+    Args:
+        source: ``"tiny"`` (with ``--model tiny``), a folder, a YAML config file or a config
+            name (``sae_circuits.transcoders.list_configs()``, e.g. ``toy-facts``).
+        model: The model the transcoders must fit.
+        model_name: The model's name on the command line.
+        device: Device of the weights (default: the loader's).
+
+    Returns:
+        The transcoder set.
+
+    Raises:
+        CLIError: Unknown name, missing folder, or transcoders that do not fit the model.
+    """
+    import sae_circuits as sc
+
+    if source == TINY:
+        if model_name != TINY:
+            raise CLIError(f"--transcoders {TINY} only fits --model {TINY}, not {model_name!r}")
+        from sae_circuits.toy import tiny_transcoders
+
+        return sc.load_transcoders(tiny_transcoders(model, "skip", d_sae=256))
+    try:
+        return sc.load_transcoders(source, model=model, device=device)
+    except Exception as e:
+        raise CLIError(
+            f"cannot load transcoders {source!r} for model {model_name!r}: "
+            f"{type(e).__name__}: {_short(e)}"
+        ) from e
+
+
+def _feature_labels(model_name: str, transcoders: str, graph: AttributionGraph) -> dict[str, str]:
+    """Automatic labels (node id -> text) where the transcoders ship them (toy-facts)."""
+    kind = _TOY_FACTS_TRANSCODERS.get(transcoders)
+    if model_name != "toy-facts" or kind is None:
+        return {}
+    try:
+        from sae_circuits.toy.facts import load_toy_labels
+
+        labels = load_toy_labels(kind)  # type: ignore[arg-type]
+    except Exception as e:  # labels are a nicety: never fail the run for them
+        logging.getLogger(__name__).warning("no toy-facts feature labels: %s", e)
+        return {}
+    out = {}
+    feats = graph.nodes[graph.nodes["kind"] == "feature"]
+    for layer, feature, pos in zip(
+        feats["layer"], feats["feature"], feats["position"], strict=True
+    ):
+        layer_labels = labels.get(int(layer), [])
+        if int(feature) < len(layer_labels):
+            out[f"{int(layer)}_{int(feature)}_{int(pos)}"] = str(layer_labels[int(feature)])
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# shared steps
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise CLIError(f"output {str(out)!r} exists and is not a folder")
+    existing = [n for n in _GRAPH_FILES if (out / n).exists()]
+    if existing and not overwrite:
+        raise CLIError(
+            f"{str(out)!r} already holds a graph ({', '.join(existing)}); pass --overwrite to "
+            "replace it (annotations.json is kept) or choose another folder"
+        )
+
+
+def _describe(row: Any) -> str:
+    kind = str(row["kind"])
+    if kind == "feature":
+        return f"L{row['layer']} #{row['feature']} @{row['position']}"
+    if kind == "error":
+        return f"error L{row['layer']} @{row['position']}"
+    return f"{kind} {row['token']!s}@{row['position']}"
+
+
+def _fmt(x: Any, spec: str = ".3f") -> str:
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return "-"
+    return format(v, spec) if math.isfinite(v) else "nan"
+
+
+def print_summary(
+    graph: AttributionGraph, pruned: AttributionGraph, labels: dict[str, str], top: int = 10
+) -> None:
+    """Print top logits, sizes, scores and the most influential features."""
+    print("top logits:")
+    for token, prob in zip(graph.logits["token"], graph.logits["probability"], strict=True):
+        print(f"  {token!s:>12}  p={prob:.3f}")
+    for name, g in (("graph", graph), ("pruned", pruned)):
+        counts = g.nodes["kind"].value_counts()
+        parts = ", ".join(f"{counts.get(k, 0)} {k}" for k in ("feature", "error", "token", "logit"))
+        try:
+            scores = g.scores()
+            shown = (
+                f"replacement {_fmt(scores.replacement)}, completeness {_fmt(scores.completeness)}"
+            )
+        except ValueError as e:
+            shown = f"no scores ({e})"
+        print(f"{name}: {g.n_nodes} nodes ({parts}), {g.adjacency.nnz} edges; {shown}")
+    feats = cast("pd.DataFrame", pruned.nodes[pruned.nodes["kind"] == "feature"])
+    if len(feats):
+        print(f"top features by influence (of {len(feats)} kept):")
+        for _, row in feats.nlargest(top, "influence").iterrows():
+            key = f"{row['layer']}_{row['feature']}_{row['position']}"
+            label = f"  {labels[key]}" if key in labels else ""
+            print(
+                f"  {_describe(row):<18} act={_fmt(row['activation'])}  "
+                f"influence={_fmt(row['influence'], '.3g')}{label}"
+            )
+
+
+def _write(
+    out: Path,
+    graph: AttributionGraph,
+    node_threshold: float,
+    edge_threshold: float,
+    *,
+    slug: str | None,
+    labels: dict[str, str],
+) -> AttributionGraph:
+    from sae_circuits.viewer import default_slug, write_graph_folder
+
+    try:
+        pruned = graph.prune(node_threshold, edge_threshold)
+    except ValueError as e:
+        raise CLIError(f"cannot prune the graph: {_short(e)}", code=1) from e
+    slug = slug or default_slug(graph.metadata.get("prompt"))
+    try:
+        files = write_graph_folder(out, graph, pruned, slug=slug, labels=labels)
+    except (OSError, ValueError) as e:
+        raise CLIError(f"cannot write the graph folder {str(out)!r}: {_short(e)}", code=1) from e
+    print(f"wrote {files.graph}, {files.pruned}, {files.document}")
+    return pruned
+
+
+def _serve(folder: Path, host: str, port: int, allow_remote: bool, open_browser: bool) -> int:
+    from sae_circuits.viewer import GraphFolderError, RemoteBindError, make_server
+
+    try:
+        server = make_server(folder, host=host, port=port, allow_remote=allow_remote)
+    except RemoteBindError as e:
+        raise CLIError(str(e)) from e
+    except (FileNotFoundError, GraphFolderError) as e:
+        raise CLIError(str(e)) from e
+    except OSError as e:
+        raise CLIError(f"cannot listen on {host}:{port}: {e.strerror or e}", code=1) from e
+    url = server.url
+    print(f"serving {server.folder} at {url}  (Ctrl-C to stop)")
+    if open_browser:
+        webbrowser.open(url)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        print("stopped")
+    finally:
+        server.server_close()
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# subcommands
+
+
+def _attribute(args: argparse.Namespace) -> int:
+    import sae_circuits as sc
+    from sae_circuits.viewer import check_bind_host
+    from sae_circuits.viewer.security import RemoteBindError
+
+    out = Path(args.out)
+    _check_out(out, args.overwrite)
+    if args.transcoders == TINY and args.model != TINY:
+        raise CLIError(f"--transcoders {TINY} only fits --model {TINY}, not {args.model!r}")
+    if args.serve:  # fail before the slow part, not after
+        try:
+            check_bind_host(args.host, allow_remote=args.allow_remote)
+        except RemoteBindError as e:
+            raise CLIError(str(e)) from e
+    print(f"[1/4] loading model {args.model!r}")
+    model = load_model_by_name(args.model, device=args.device)
+    print(f"[2/4] loading transcoders {args.transcoders!r}")
+    transcoders = load_transcoders_by_name(args.transcoders, model, args.model, device=args.device)
+    print(f"[3/4] attributing {args.prompt!r}")
+    try:
+        graph = sc.attribute(
+            model,
+            args.prompt,
+            transcoders,
+            max_n_logits=args.max_n_logits,
+            desired_logit_prob=args.desired_logit_prob,
+            max_feature_nodes=args.max_feature_nodes,
+            batch_size=args.batch_size,
+            progress=not args.quiet,
+        )
+    except (ValueError, TypeError) as e:
+        raise CLIError(f"cannot attribute this prompt: {_short(e)}") from e
+    print(f"[4/4] pruning (node {args.node_threshold}, edge {args.edge_threshold}) and writing")
+    labels = _feature_labels(args.model, args.transcoders, graph)
+    pruned = _write(
+        out, graph, args.node_threshold, args.edge_threshold, slug=args.slug, labels=labels
+    )
+    print_summary(graph, pruned, labels)
+    if args.serve:
+        return _serve(out, args.host, args.port, args.allow_remote, args.open)
+    print(f"view it: sae-circuits serve {out}")
+    return 0
+
+
+def _serve_cmd(args: argparse.Namespace) -> int:
+    folder = Path(args.folder)
+    if not folder.is_dir():
+        raise CLIError(
+            f"no graph folder at {str(folder)!r} (write one with `sae-circuits attribute ... -o "
+            f"{folder}`)"
+        )
+    return _serve(folder, args.host, args.port, args.allow_remote, args.open)
+
+
+@dataclass(frozen=True)
+class DemoSetup:
+    """What the demo attributes: a model, its transcoders, a prompt, and how to present them.
+
+    Attributes:
+        model: The ``HookedTransformer``.
+        transcoders: The transcoder set.
+        prompt: The prompt.
+        description: One line printed before the results.
+        labels: Automatic feature labels by node id (may be empty).
+    """
+
+    model: Any
+    transcoders: Any
+    prompt: str
+    description: str
+    labels: dict[str, str]
+
+
+def _demo_setup(args: argparse.Namespace) -> DemoSetup:
+    """The demo's example (change here to demo another model)."""
+    model = _tiny_model()
+    transcoders = load_transcoders_by_name(TINY, model, TINY)
+    return DemoSetup(
+        model=model,
+        transcoders=transcoders,
+        prompt=args.prompt,
+        description="built-in example: a random 4-layer Llama-style model with skip transcoders",
+        labels={},
+    )
 
 
 def _demo(args: argparse.Namespace) -> int:
     import numpy as np
-    import torch
 
     import sae_circuits as sc
-    from sae_circuits.toy import tiny_model, tiny_transcoders
 
-    torch.manual_seed(0)
-    model = tiny_model("llama", seed=0, n_layers=4, d_model=64, d_vocab=128)
-    transcoders = sc.load_transcoders(tiny_transcoders(model, "skip", d_sae=256))
-    prompt = args.prompt
-    graph = sc.attribute(model, prompt, transcoders, progress=not args.quiet)
-    out = sys.stdout
-    print("built-in example: a random 4-layer Llama-style model with skip transcoders", file=out)
-    print(f"prompt: {prompt!r}", file=out)
-    print(f"graph: {graph!r}", file=out)
-    print("top logits:", file=out)
+    if args.out is not None:
+        _check_out(Path(args.out), overwrite=True)
+    setup = _demo_setup(args)
+    graph = sc.attribute(setup.model, setup.prompt, setup.transcoders, progress=not args.quiet)
+    print(setup.description)
+    print(f"prompt: {setup.prompt!r}")
+    print(f"graph: {graph!r}")
+    print("top logits:")
     for token, prob in zip(graph.logits["token"], graph.logits["probability"], strict=True):
-        print(f"  {token!s:>8}  p={prob:.3f}", file=out)
+        print(f"  {token!s:>8}  p={prob:.3f}")
     edges = graph.edges()
     order = np.argsort(-np.abs(edges["weight"].to_numpy()), kind="stable")[:8]
-    print("strongest edges:", file=out)
+    print("strongest edges:")
     for _, e in edges.iloc[order].iterrows():
-        print(f"  {_name(e, 'source')} -> {_name(e, 'target')}: {e['weight']:+.3f}", file=out)
+        print(f"  {_name(e, 'source')} -> {_name(e, 'target')}: {e['weight']:+.3f}")
+    if args.out is not None:
+        out = Path(args.out)
+        _write(out, graph, 0.8, 0.98, slug="demo", labels=setup.labels)
+        print(f"view it: sae-circuits serve {out}")
     return 0
 
 
@@ -54,27 +428,169 @@ def _name(e: pd.Series, end: str) -> str:
     return f"{kind} {e[f'{end}_token']!s}@p{pos}"
 
 
+# ---------------------------------------------------------------------------------------------
+# parser
+
+
+def _add_server_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default: 127.0.0.1; other machines need --allow-remote)",
+    )
+    p.add_argument(
+        "--port",
+        type=_port,
+        default=DEFAULT_PORT,
+        help=f"port (default: {DEFAULT_PORT}; 0 picks a free one)",
+    )
+    p.add_argument(
+        "--allow-remote",
+        action="store_true",
+        help="allow a --host other machines can reach (anyone who reaches it can edit annotations)",
+    )
+    p.add_argument("--open", action="store_true", help="open the page in a web browser")
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The ``sae-circuits`` argument parser."""
+    from sae_circuits._version import __version__
+
+    fmt = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(
         prog="sae-circuits",
         description="Attribution graphs (circuit tracing) with SAELens transcoders.",
+        epilog="examples:\n"
+        '  sae-circuits attribute "t5 t9 t3 t7" --model tiny --transcoders tiny -o out/tiny\n'
+        "  sae-circuits serve out/tiny\n"
+        "  sae-circuits demo -o out/demo",
+        formatter_class=fmt,
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
-    sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="run attribution on the built-in example, offline")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    att = sub.add_parser(
+        "attribute",
+        help="compute, prune and save the attribution graph of a prompt",
+        description="Compute the attribution graph of PROMPT, prune it, print a summary and write\n"
+        "a graph folder: OUT/graph.zip (the full graph), OUT/pruned.zip (the pruned graph)\n"
+        "and OUT/graph.json (the viewer's / Neuronpedia's JSON). View it with\n"
+        "`sae-circuits serve OUT`.",
+        epilog="examples:\n"
+        '  sae-circuits attribute "The capital of the state containing Dallas is" \\\n'
+        "      --model toy-facts --transcoders toy-facts -o out/dallas --serve\n"
+        '  sae-circuits attribute "t5 t9 t3 t7" --model tiny --transcoders tiny -o out/tiny',
+        formatter_class=fmt,
+    )
+    att.add_argument("prompt", metavar="PROMPT", help="the text to attribute")
+    att.add_argument(
+        "--model",
+        required=True,
+        help=f"model: {TINY!r} (built-in random model), 'toy-facts' (the shipped toy model), a "
+        "transcoder config name (its model) or a TransformerLens model name",
+    )
+    att.add_argument(
+        "--transcoders",
+        required=True,
+        help="transcoders: a transcoder config name (e.g. 'toy-facts', 'gemma-2-2b-gemmascope'), "
+        "a YAML config file, a folder (layer_{i}/ SAELens transcoders, or a CLT), "
+        f"or {TINY!r} with --model {TINY}",
+    )
+    att.add_argument("-o", "--out", required=True, metavar="OUT", help="output folder")
+    att.add_argument(
+        "--max-feature-nodes",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="attribute at most N features, the most influential first (default: all)",
+    )
+    att.add_argument(
+        "--max-n-logits",
+        type=_positive_int,
+        default=10,
+        metavar="K",
+        help="at most K logit nodes (default: 10)",
+    )
+    att.add_argument(
+        "--desired-logit-prob",
+        type=_fraction("--desired-logit-prob"),
+        default=0.95,
+        metavar="P",
+        help="keep the fewest top logits reaching probability P (default: 0.95)",
+    )
+    att.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=256,
+        metavar="B",
+        help="targets per backward pass (default: 256)",
+    )
+    att.add_argument(
+        "--node-threshold",
+        type=_fraction("--node-threshold"),
+        default=0.8,
+        metavar="T",
+        help="pruning: keep the nodes holding this share of influence (default: 0.8)",
+    )
+    att.add_argument(
+        "--edge-threshold",
+        type=_fraction("--edge-threshold"),
+        default=0.98,
+        metavar="T",
+        help="pruning: keep the edges holding this share of influence (default: 0.98)",
+    )
+    att.add_argument("--slug", help="graph name in graph.json (default: from the prompt)")
+    att.add_argument("--device", help="device of the model (default: the loader's)")
+    att.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a graph already in OUT (keeps annotations)",
+    )
+    att.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    att.add_argument("--serve", action="store_true", help="serve the viewer on OUT afterwards")
+    _add_server_options(att)
+    att.set_defaults(func=_attribute)
+
+    srv = sub.add_parser(
+        "serve",
+        help="view a graph folder in the local web viewer",
+        description="Serve the interactive viewer of a graph folder (written by `attribute` or\n"
+        "`demo -o`) on this machine. Labels, supernodes and pins are saved to\n"
+        "FOLDER/annotations.json. Stop with Ctrl-C.",
+        epilog="example:\n  sae-circuits serve out/dallas --port 8765 --open",
+        formatter_class=fmt,
+    )
+    srv.add_argument("folder", metavar="FOLDER", help="graph folder")
+    _add_server_options(srv)
+    srv.set_defaults(func=_serve_cmd)
+
+    demo = sub.add_parser(
+        "demo",
+        help="run attribution on the built-in example, offline",
+        description="Attribute a prompt on the built-in example model, offline; with -o, also\n"
+        "write a graph folder for `sae-circuits serve`.",
+        formatter_class=fmt,
+    )
     demo.add_argument("--prompt", default="t5 t9 t3 t7 t2 t8 t11 t4 t6", help="prompt to attribute")
     demo.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    demo.add_argument("-o", "--out", metavar="OUT", help="also write a graph folder here")
     demo.set_defaults(func=_demo)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (argparse exits 2 on bad arguments)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s"
     )
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except CLIError as e:
+        print(f"sae-circuits: error: {e}", file=sys.stderr)
+        return e.code
 
 
 if __name__ == "__main__":

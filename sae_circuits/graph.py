@@ -13,20 +13,35 @@ An :class:`AttributionGraph` holds
 Everything is plain ecosystem data: ``graph.edges()`` is a tidy pandas edge list,
 ``graph.adjacency`` goes into scipy / networkx / numpy as is.
 
+The methods below are thin entry points: :meth:`AttributionGraph.prune` and
+:meth:`AttributionGraph.scores` (see :mod:`sae_circuits.pruning`), :meth:`AttributionGraph.save` /
+:meth:`AttributionGraph.load` (format in :mod:`sae_circuits._graph_io`) and
+:meth:`AttributionGraph.to_networkx` (see :mod:`sae_circuits.export`, which also writes
+Neuronpedia's graph JSON).
+
 Example:
     >>> graph.nodes.query("kind == 'feature'").nlargest(5, "activation")
     >>> graph.edges().sort_values("weight", key=abs, ascending=False).head()
+    >>> pruned = graph.prune(node_threshold=0.8, edge_threshold=0.98)
+    >>> pruned.save("graph.zip"); AttributionGraph.load("graph.zip")
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+
+if TYPE_CHECKING:
+    import networkx
+
+    from sae_circuits.pruning import GraphScores
 
 __all__ = ["NODE_COLUMNS", "AttributionGraph", "NodeKind"]
 
@@ -59,9 +74,7 @@ class AttributionGraph:
     def __post_init__(self) -> None:
         n = len(self.nodes)
         if self.adjacency.shape != (n, n):
-            raise ValueError(
-                f"adjacency shape {self.adjacency.shape} does not match {n} nodes"
-            )
+            raise ValueError(f"adjacency shape {self.adjacency.shape} does not match {n} nodes")
         missing = [c for c in NODE_COLUMNS if c not in self.nodes.columns]
         if missing:
             raise ValueError(f"nodes table lacks columns {missing}")
@@ -97,16 +110,95 @@ class AttributionGraph:
         """
         coo = self.adjacency.tocoo()
         df = pd.DataFrame(
-            {"source": coo.col.astype(np.int64), "target": coo.row.astype(np.int64), "weight": coo.data}
+            {
+                "source": coo.col.astype(np.int64),
+                "target": coo.row.astype(np.int64),
+                "weight": coo.data,
+            }
         )
         if not with_nodes:
             return df
         cols = [c for c in (*NODE_COLUMNS, "token") if c in self.nodes.columns]
         src = self.nodes[cols].iloc[df["source"].to_numpy()].reset_index(drop=True)
         tgt = self.nodes[cols].iloc[df["target"].to_numpy()].reset_index(drop=True)
-        return pd.concat(
-            [df, src.add_prefix("source_"), tgt.add_prefix("target_")], axis=1
-        )
+        return pd.concat([df, src.add_prefix("source_"), tgt.add_prefix("target_")], axis=1)
+
+    def prune(self, node_threshold: float = 0.8, edge_threshold: float = 0.98) -> AttributionGraph:
+        """The subgraph of the nodes and edges with most influence on the logits.
+
+        circuit-tracer's ``prune_graph`` rule; see :func:`sae_circuits.pruning.prune_graph`.
+
+        Args:
+            node_threshold: Keep the fewest nodes holding this fraction of the node influence
+                (tokens and logits are always kept), in ``[0, 1]``.
+            edge_threshold: Keep the fewest edges holding this fraction of the edge influence,
+                in ``[0, 1]``.
+
+        Returns:
+            A new graph with the kept nodes and edges only; ``nodes`` gains ``node_index`` (row
+            in this graph), ``influence`` and ``cumulative_influence``.
+
+        Raises:
+            TypeError: A threshold is not a number.
+            ValueError: A threshold is outside ``[0, 1]``, or the graph has no usable logits.
+        """
+        from sae_circuits.pruning import prune_graph
+
+        return prune_graph(self, node_threshold=node_threshold, edge_threshold=edge_threshold)
+
+    def scores(self) -> GraphScores:
+        """Replacement and completeness scores, on this graph's own adjacency.
+
+        Returns:
+            :class:`sae_circuits.pruning.GraphScores` (``.replacement``, ``["completeness"]``).
+
+        Raises:
+            ValueError: The graph has no usable logit nodes.
+        """
+        from sae_circuits.pruning import graph_scores
+
+        return graph_scores(self)
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the graph to one file, atomically (see :mod:`sae_circuits._graph_io`).
+
+        Args:
+            path: Destination file (conventionally ``*.zip``); replaced if it exists.
+
+        Returns:
+            The path written.
+
+        Raises:
+            TypeError: ``metadata`` or a column holds values the format cannot store.
+        """
+        from sae_circuits._graph_io import save_graph
+
+        return save_graph(self, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> AttributionGraph:
+        """Read a graph written by :meth:`save`.
+
+        Raises:
+            FileNotFoundError: No such file.
+            sae_circuits.GraphFileError: Truncated, corrupted, foreign or newer-format file.
+        """
+        from sae_circuits._graph_io import load_graph
+
+        return load_graph(path, factory=cls)
+
+    def to_networkx(self) -> networkx.DiGraph:
+        """The graph as a ``networkx.DiGraph`` (see :func:`sae_circuits.export.to_networkx`).
+
+        Node ``i`` carries row ``i`` of ``nodes`` as attributes, each stored edge is
+        ``source -> target`` with a ``weight``, and ``G.graph`` holds the metadata.
+
+        Raises:
+            ImportError: networkx is missing (``pip install sae-circuits[networkx]``).
+        """
+        from sae_circuits.export import to_networkx
+
+        return to_networkx(self)
 
     def __repr__(self) -> str:
         counts = self.nodes["kind"].value_counts()

@@ -116,7 +116,9 @@ def propagate_chunks(
             weights = prod[nodes] * scale
             if not weights.any():
                 continue
-            absolute = sp.csr_array((np.abs(rows.data), rows.indices, rows.indptr), shape=rows.shape)
+            absolute = sp.csr_array(
+                (np.abs(rows.data), rows.indices, rows.indptr), shape=rows.shape
+            )
             nxt[: absolute.shape[1]] += absolute.T @ weights
         prod = nxt
         if not prod.any():

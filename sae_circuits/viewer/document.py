@@ -1,0 +1,467 @@
+"""The graph folder the viewer serves, and the JSON document it draws.
+
+A *graph folder* (what ``sae-circuits attribute -o OUT`` writes) holds:
+
+============================  =====================================================================
+``graph.zip``                 the full graph (:meth:`AttributionGraph.save`); lets the page re-prune
+                              at other thresholds
+``pruned.zip``                the pruned graph at the thresholds given on the command line
+``graph.json``                the viewer document of the pruned graph: Neuronpedia's graph JSON
+                              (:func:`sae_circuits.export.to_neuronpedia`, uploadable as is) plus
+                              the fields below
+``annotations.json``          the user's labels, supernodes and pins (written by the viewer, see
+                              :mod:`sae_circuits.viewer.annotations`)
+============================  =====================================================================
+
+Any one of the first three is enough to view a graph; ``graph.json`` may also be a plain
+Neuronpedia graph JSON. The viewer document adds to each node of Neuronpedia's format
+``kind`` (``feature``, ``error``, ``token``, ``logit``), ``layer_index``, ``position``,
+``feature_index`` (the feature's index in its transcoder, where Neuronpedia's ``feature`` is
+Cantor-paired), ``token``, ``node_influence`` (the node's own influence on the logits, where
+``influence`` is the cumulative share) and ``neuronpedia_url`` (when the transcoders carry
+Neuronpedia ids); and a ``metadata.sae_circuits`` block with the layer count, model, thresholds,
+sizes before pruning and the replacement / completeness scores.
+
+Example:
+    >>> pruned = graph.prune(0.8, 0.98)
+    >>> write_graph_folder("out", graph, pruned, slug="dallas")
+    >>> source = GraphSource("out")
+    >>> source.document(node_threshold=0.6)["nodes"][0]["node_id"]
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import threading
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from sae_circuits._graph_io import atomic_write
+from sae_circuits._version import __version__
+from sae_circuits.export import node_ids, to_neuronpedia
+from sae_circuits.pruning import check_threshold, node_influence
+from sae_circuits.viewer.security import resolve_inside
+
+if TYPE_CHECKING:
+    from sae_circuits.graph import AttributionGraph
+    from sae_circuits.pruning import GraphScores
+
+__all__ = [
+    "DOCUMENT_FILE",
+    "GRAPH_FILE",
+    "PRUNED_FILE",
+    "GraphFolderError",
+    "GraphFolderFiles",
+    "GraphSource",
+    "build_document",
+    "default_slug",
+    "write_graph_folder",
+]
+
+logger = logging.getLogger(__name__)
+
+GRAPH_FILE = "graph.zip"
+PRUNED_FILE = "pruned.zip"
+DOCUMENT_FILE = "graph.json"
+DEFAULT_THRESHOLDS = (0.8, 0.98)
+_KIND_BY_TYPE = {
+    "cross layer transcoder": "feature",
+    "mlp reconstruction error": "error",
+    "embedding": "token",
+    "logit": "logit",
+}
+
+
+class GraphFolderError(ValueError):
+    """A folder that holds no viewable graph, or a request it cannot answer."""
+
+
+@dataclass(frozen=True)
+class GraphFolderFiles:
+    """The files :func:`write_graph_folder` wrote.
+
+    Attributes:
+        folder: The graph folder.
+        graph: The full graph (``graph.zip``), or ``None`` when not written.
+        pruned: The pruned graph (``pruned.zip``).
+        document: The viewer / Neuronpedia document (``graph.json``).
+    """
+
+    folder: Path
+    graph: Path | None
+    pruned: Path
+    document: Path
+
+
+def default_slug(prompt: Any) -> str:
+    """A Neuronpedia-style slug from a prompt: ``"The capital of"`` -> ``"the-capital-of"``."""
+    text = prompt if isinstance(prompt, str) else ""
+    slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:60].strip("-")
+    return slug or "graph"
+
+
+def _finite(x: Any) -> float | None:
+    if x is None:
+        return None
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+def _scores(scores: GraphScores | Mapping[str, float] | None) -> dict[str, float | None] | None:
+    if scores is None:
+        return None
+    return {k: _finite(scores[k]) for k in ("replacement", "completeness")}
+
+
+def _default_scan(graph: AttributionGraph) -> str | None:
+    ids = (graph.metadata.get("transcoders") or {}).get("neuronpedia_ids") or []
+    valid = bool(ids) and all(isinstance(i, str) and "/" in i for i in ids)
+    if valid and len({i.split("/", 1)[0] for i in ids}) == 1:
+        return None  # to_neuronpedia derives the Neuronpedia model id
+    name = graph.metadata.get("model_name")
+    return name if isinstance(name, str) and name else "local"
+
+
+def _optional_int(v: Any) -> int | None:
+    return None if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)) else int(v)
+
+
+def build_document(
+    graph: AttributionGraph,
+    *,
+    slug: str = "graph",
+    scan: str | None = None,
+    labels: Mapping[str, str] | None = None,
+    full_scores: GraphScores | Mapping[str, float] | None = None,
+) -> dict[str, Any]:
+    """The viewer document of a (pruned) graph: Neuronpedia's graph JSON plus viewer fields.
+
+    Args:
+        graph: The graph, usually pruned (``influence`` / ``cumulative_influence`` are computed
+            when missing).
+        slug: Name of the graph (letters, digits, ``.``, ``_``, ``-``).
+        scan: Neuronpedia model id; default from the transcoders' Neuronpedia ids, else the
+            model name, else ``"local"``.
+        labels: Feature labels by node id (Neuronpedia's ``clerp``), e.g. automatic labels.
+        full_scores: Scores of the unpruned graph, recorded next to this graph's own.
+
+    Returns:
+        A JSON-able dict (see the module docstring).
+
+    Raises:
+        ValueError: Bad slug, or the layer count is unknown (see ``to_neuronpedia``).
+    """
+    doc = to_neuronpedia(graph, slug=slug, scan=scan if scan is not None else _default_scan(graph))
+    ids, _ = node_ids(graph)
+    row = {nid: i for i, nid in enumerate(ids)}
+    nodes = graph.nodes
+    if "influence" in nodes.columns:
+        influence = nodes["influence"].to_numpy(dtype=np.float64, na_value=np.nan)
+    else:
+        influence = node_influence(graph.adjacency, graph.logit_weights)
+    kind = nodes["kind"].astype(str).tolist()
+    layer = nodes["layer"].astype(object).tolist()
+    position = nodes["position"].astype(object).tolist()
+    feature = nodes["feature"].astype(object).tolist()
+    token = (
+        nodes["token"].astype(object).tolist() if "token" in nodes.columns else [None] * len(kind)
+    )
+    urls = doc["metadata"]["info"].get("source_urls") or []
+    for node in doc["nodes"]:
+        i = row[node["node_id"]]
+        lay = _optional_int(layer[i])
+        feat = _optional_int(feature[i])
+        tok = token[i]
+        node.update(
+            kind=kind[i],
+            layer_index=lay,
+            position=_optional_int(position[i]),
+            feature_index=feat,
+            token=tok if isinstance(tok, str) else None,
+            node_influence=_finite(influence[i]),
+        )
+        if kind[i] == "feature" and lay is not None and feat is not None and lay < len(urls):
+            node["neuronpedia_url"] = f"{urls[lay]}/{feat}"
+        if labels and not node["clerp"] and isinstance(labels.get(node["node_id"]), str):
+            node["clerp"] = labels[node["node_id"]]
+    try:
+        own_scores = _scores(graph.scores())
+    except ValueError:  # no usable logits
+        own_scores = None
+    meta = graph.metadata
+    pruning = meta.get("pruning") or {}
+    transcoders = meta.get("transcoders") or {}
+    doc["metadata"]["sae_circuits"] = {
+        "version": __version__,
+        "n_layers": transcoders.get("n_layers"),
+        "model_name": meta.get("model_name"),
+        "transcoders": transcoders.get("kind"),
+        "thresholds": {
+            "node_threshold": pruning.get("node_threshold"),
+            "edge_threshold": pruning.get("edge_threshold"),
+        },
+        "n_nodes_before": pruning.get("n_nodes_before", graph.n_nodes),
+        "n_edges_before": pruning.get("n_edges_before", int(graph.adjacency.nnz)),
+        "scores": own_scores,
+        "full_scores": _scores(full_scores),
+    }
+    return doc
+
+
+def _dump(doc: Mapping[str, Any]) -> bytes:
+    return json.dumps(doc, allow_nan=False, ensure_ascii=False).encode("utf-8")
+
+
+def write_graph_folder(
+    folder: str | Path,
+    graph: AttributionGraph | None,
+    pruned: AttributionGraph,
+    *,
+    slug: str = "graph",
+    scan: str | None = None,
+    labels: Mapping[str, str] | None = None,
+) -> GraphFolderFiles:
+    """Write a graph folder: ``graph.zip`` (if ``graph``), ``pruned.zip`` and ``graph.json``.
+
+    Every file is written atomically; an existing ``annotations.json`` is left alone.
+
+    Args:
+        folder: The folder (created with its parents if missing).
+        graph: The full graph, or ``None`` to leave it out (the page cannot re-prune then).
+        pruned: The pruned graph (``graph.prune(...)``).
+        slug: Name of the graph in ``graph.json``.
+        scan: Neuronpedia model id (see :func:`build_document`).
+        labels: Feature labels by node id (see :func:`build_document`).
+
+    Returns:
+        The files written.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    full_scores = None
+    graph_path = None
+    if graph is not None:
+        graph_path = graph.save(folder / GRAPH_FILE)
+        try:
+            full_scores = graph.scores()
+        except ValueError:
+            full_scores = None
+    pruned_path = pruned.save(folder / PRUNED_FILE)
+    doc = build_document(pruned, slug=slug, scan=scan, labels=labels, full_scores=full_scores)
+    data = _dump(doc)
+    doc_path = atomic_write(folder / DOCUMENT_FILE, lambda f: f.write(data))
+    logger.info("wrote graph folder %s", folder)
+    return GraphFolderFiles(folder, graph_path, pruned_path, doc_path)
+
+
+def _thresholds(doc: Mapping[str, Any]) -> tuple[float | None, float | None]:
+    meta = doc.get("metadata") or {}
+    mine = (meta.get("sae_circuits") or {}).get("thresholds") or {}
+    theirs = meta.get("pruning_settings") or {}
+    out = []
+    for key in ("node_threshold", "edge_threshold"):
+        v = mine.get(key, theirs.get(key))
+        out.append(_finite(v))
+    return out[0], out[1]
+
+
+def _check_document(doc: Any, path: Path) -> dict[str, Any]:
+    ok = (
+        isinstance(doc, dict)
+        and isinstance(doc.get("nodes"), list)
+        and isinstance(doc.get("links"), list)
+        and isinstance(doc.get("metadata", {}), dict)
+    )
+    if not ok:
+        raise GraphFolderError(
+            f"{path} is not a graph document (expected a JSON object with 'nodes' and 'links' "
+            "lists, as sae-circuits or Neuronpedia write them)"
+        )
+    for node in doc["nodes"]:
+        if not isinstance(node, dict) or not isinstance(node.get("node_id"), str):
+            raise GraphFolderError(f"{path}: every node needs a string 'node_id'")
+    return doc
+
+
+class GraphSource:
+    """Serves the documents of one graph folder, re-pruning the full graph on request.
+
+    Files are re-read when they change on disk (by modification time and size); re-pruned
+    documents are cached (least recently used first out).
+
+    Args:
+        folder: The graph folder.
+        cache_size: Re-pruned documents to keep.
+
+    Raises:
+        FileNotFoundError: ``folder`` does not exist or is not a folder.
+        GraphFolderError: It holds none of ``graph.json``, ``pruned.zip``, ``graph.zip``.
+    """
+
+    def __init__(self, folder: str | Path, *, cache_size: int = 8) -> None:
+        path = Path(folder)
+        if not path.is_dir():
+            raise FileNotFoundError(f"graph folder {str(path)!r} does not exist or is not a folder")
+        self.folder = path.resolve()
+        if not any(self._file(n) for n in (DOCUMENT_FILE, PRUNED_FILE, GRAPH_FILE)):
+            raise GraphFolderError(
+                f"{self.folder} holds no graph: expected {DOCUMENT_FILE}, {PRUNED_FILE} or "
+                f"{GRAPH_FILE} (as `sae-circuits attribute ... -o FOLDER` writes them)"
+            )
+        self._lock = threading.Lock()
+        self._cache: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
+        self._cache_size = cache_size
+
+    def _file(self, name: str) -> Path | None:
+        path = resolve_inside(self.folder, name)
+        return path if path is not None and path.is_file() else None
+
+    @property
+    def can_reprune(self) -> bool:
+        """Whether the folder has the full graph, so other thresholds can be shown."""
+        return self._file(GRAPH_FILE) is not None
+
+    def _cached(self, key: tuple[Any, ...], make: Any) -> Any:
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        value = make()
+        self._cache[key] = value
+        while len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+        return value
+
+    def _stamp(self, path: Path) -> tuple[str, int, int]:
+        st = path.stat()
+        return (path.name, st.st_mtime_ns, st.st_size)
+
+    def _load_graph(self, path: Path) -> AttributionGraph:
+        from sae_circuits.graph import AttributionGraph
+
+        return self._cached(("graph", *self._stamp(path)), lambda: AttributionGraph.load(path))
+
+    def _base(self) -> dict[str, Any]:
+        doc_path = self._file(DOCUMENT_FILE)
+        if doc_path is not None:
+
+            def read() -> dict[str, Any]:
+                try:
+                    doc = json.loads(doc_path.read_bytes().decode("utf-8"))
+                except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+                    raise GraphFolderError(f"{doc_path} is not valid JSON ({e})") from e
+                return _check_document(doc, doc_path)
+
+            return self._cached(("doc", *self._stamp(doc_path)), read)
+        pruned_path = self._file(PRUNED_FILE)
+        if pruned_path is not None:
+            return self._cached(
+                ("built", *self._stamp(pruned_path)),
+                lambda: build_document(self._load_graph(pruned_path)),
+            )
+        graph_path = self._file(GRAPH_FILE)
+        if graph_path is None:
+            raise GraphFolderError(f"{self.folder} no longer holds a graph")
+        return self._cached(
+            ("built", *self._stamp(graph_path), *DEFAULT_THRESHOLDS),
+            lambda: build_document(self._load_graph(graph_path).prune(*DEFAULT_THRESHOLDS)),
+        )
+
+    def document(
+        self, node_threshold: float | None = None, edge_threshold: float | None = None
+    ) -> dict[str, Any]:
+        """The document at the given thresholds (default: the saved ones).
+
+        Args:
+            node_threshold: Node threshold in ``[0, 1]``; ``None`` for the saved one.
+            edge_threshold: Edge threshold in ``[0, 1]``; ``None`` for the saved one.
+
+        Returns:
+            The document, with ``metadata.viewer`` = ``{"can_reprune", "thresholds"}``.
+
+        Raises:
+            TypeError, ValueError: A threshold is not a number in ``[0, 1]``.
+            GraphFolderError: Other thresholds are asked for but there is no ``graph.zip``,
+                or a file of the folder cannot be read.
+        """
+        if node_threshold is not None:
+            node_threshold = check_threshold("node_threshold", node_threshold)
+        if edge_threshold is not None:
+            edge_threshold = check_threshold("edge_threshold", edge_threshold)
+        with self._lock:
+            base = self._base()
+            saved = _thresholds(base)
+            nt = node_threshold if node_threshold is not None else saved[0]
+            et = edge_threshold if edge_threshold is not None else saved[1]
+            same = all(
+                want is None or (have is not None and abs(want - have) < 1e-9)
+                for want, have in ((node_threshold, saved[0]), (edge_threshold, saved[1]))
+            )
+            doc = base if same else self._repruned(base, nt, et)
+            thresholds = _thresholds(doc)
+        out = dict(doc)
+        out["metadata"] = {
+            **doc.get("metadata", {}),
+            "viewer": {
+                "can_reprune": self.can_reprune,
+                "thresholds": {"node_threshold": thresholds[0], "edge_threshold": thresholds[1]},
+            },
+        }
+        return out
+
+    def _repruned(
+        self, base: Mapping[str, Any], nt: float | None, et: float | None
+    ) -> dict[str, Any]:
+        graph_path = self._file(GRAPH_FILE)
+        if graph_path is None:
+            raise GraphFolderError(
+                f"this folder has no {GRAPH_FILE} (the full graph), so only the saved thresholds "
+                "can be shown; write it with `sae-circuits attribute ... -o FOLDER`"
+            )
+        nt = DEFAULT_THRESHOLDS[0] if nt is None else nt
+        et = DEFAULT_THRESHOLDS[1] if et is None else et
+        meta = base.get("metadata") or {}
+        raw_slug = meta.get("slug")
+        slug = raw_slug if isinstance(raw_slug, str) else "graph"
+        labels = {
+            n["node_id"]: n["clerp"]
+            for n in base["nodes"]
+            if isinstance(n.get("clerp"), str) and n["clerp"] and kind_of(n) != "logit"
+        }
+        full_scores = (meta.get("sae_circuits") or {}).get("full_scores")
+
+        def make() -> dict[str, Any]:
+            graph = self._load_graph(graph_path)
+            pruned = graph.prune(nt, et)
+            raw_scan = meta.get("scan")
+            scan = raw_scan if isinstance(raw_scan, str) else None
+            doc = build_document(pruned, slug=slug, scan=scan, labels=labels)
+            doc["metadata"]["sae_circuits"]["full_scores"] = full_scores
+            return doc
+
+        return self._cached(("pruned", *self._stamp(graph_path), nt, et), make)
+
+    def document_bytes(
+        self, node_threshold: float | None = None, edge_threshold: float | None = None
+    ) -> bytes:
+        """:meth:`document` as UTF-8 JSON."""
+        return _dump(self.document(node_threshold, edge_threshold))
+
+
+def kind_of(node: Mapping[str, Any]) -> str:
+    """A document node's kind, also for plain Neuronpedia documents (from ``feature_type``)."""
+    kind = node.get("kind")
+    if isinstance(kind, str):
+        return kind
+    return _KIND_BY_TYPE.get(str(node.get("feature_type")), "feature")

@@ -1,0 +1,369 @@
+"""The viewer's local HTTP server (standard library only).
+
+Routes (everything else is ``404``):
+
+=====================================  ===========================================================
+``GET /``                              the page (``static/index.html``)
+``GET /<file>.js`` / ``.css``          the page's static files (a fixed list, read at start-up)
+``GET /api/graph``                     the graph document (``?node_threshold=&edge_threshold=``
+                                       re-prunes the full graph, see
+                                       :class:`~sae_circuits.viewer.document.GraphSource`)
+``GET /api/annotations``               labels, supernodes, pins
+``POST /api/annotations``              a JSON patch (``application/json``, at most
+                                       ``max_body_bytes``); answers the merged document
+``GET /files/<name>``                  a file of the served folder (e.g. ``graph.json`` to upload
+                                       to Neuronpedia)
+=====================================  ===========================================================
+
+Safety (see :mod:`sae_circuits.viewer.security`): binds loopback only unless
+``allow_remote=True``; on a loopback bind answers only requests whose ``Host`` names a loopback
+address; refuses cross-origin writes (``Origin`` must be the page's own); reads files only inside
+the served folder (no ``..``, absolute paths, hidden names, or links leading out); validates every
+request body (size, JSON, schema) before touching the disk; sends a strict
+``Content-Security-Policy`` (no inline script, no third-party origin) with the page.
+
+Example:
+    >>> server = make_server("out", port=0)      # an ephemeral port on 127.0.0.1
+    >>> print(server.url)
+    http://127.0.0.1:54321/
+    >>> threading.Thread(target=server.serve_forever, daemon=True).start()
+    >>> ...
+    >>> server.shutdown(); server.server_close()
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import urllib.parse
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from sae_circuits.viewer.annotations import (
+    DEFAULT_LIMITS,
+    AnnotationError,
+    AnnotationFileError,
+    AnnotationLimits,
+    AnnotationStore,
+)
+from sae_circuits.viewer.document import GraphFolderError, GraphSource
+from sae_circuits.viewer.security import (
+    check_bind_host,
+    host_header_ok,
+    is_loopback,
+    resolve_inside,
+)
+
+__all__ = ["STATIC_DIR", "ViewerServer", "make_server"]
+
+logger = logging.getLogger(__name__)
+
+#: The page's files, shipped as package data.
+STATIC_DIR = Path(__file__).parent / "static"
+_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".json": "application/json",
+    ".zip": "application/zip",
+    ".png": "image/png",
+    ".txt": "text/plain; charset=utf-8",
+}
+_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+DEFAULT_MAX_BODY = 1_000_000
+
+
+def _static_files() -> dict[str, Path]:
+    """URL path -> file of the page, fixed at start-up (no path from a request reaches the disk)."""
+    files = {
+        f"/{p.name}": p
+        for p in sorted(STATIC_DIR.iterdir())
+        if p.is_file() and p.suffix in (".html", ".js", ".css")
+    }
+    if "/index.html" not in files:
+        raise FileNotFoundError(
+            f"the viewer's page is missing ({STATIC_DIR / 'index.html'}); reinstall sae-circuits"
+        )
+    files["/"] = files["/index.html"]
+    return files
+
+
+class ViewerServer(ThreadingHTTPServer):
+    """A threading HTTP server for one graph folder.
+
+    Args:
+        folder: The graph folder to serve.
+        host: Address to bind (loopback unless ``allow_remote``).
+        port: Port; ``0`` picks a free one (see :attr:`url`).
+        allow_remote: Allow binding an address other machines can reach.
+        max_body_bytes: Largest accepted request body.
+        limits: Annotation size limits.
+
+    Raises:
+        RemoteBindError: A non-loopback ``host`` without ``allow_remote``.
+        FileNotFoundError: ``folder`` does not exist.
+        GraphFolderError: ``folder`` holds no graph.
+        OSError: The address cannot be bound (e.g. the port is in use).
+    """
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(
+        self,
+        folder: str | Path,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        allow_remote: bool = False,
+        max_body_bytes: int = DEFAULT_MAX_BODY,
+        limits: AnnotationLimits | None = None,
+    ) -> None:
+        check_bind_host(host, allow_remote=allow_remote)
+        self.source = GraphSource(folder)
+        self.folder = self.source.folder
+        self.annotations = AnnotationStore(self.folder, limits or DEFAULT_LIMITS)
+        self.static = _static_files()
+        self.max_body_bytes = max_body_bytes
+        self.check_host = is_loopback(host)
+        bind = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+        if ":" in bind:
+            self.address_family = socket.AF_INET6
+        super().__init__((bind, port), ViewerHandler)
+
+    @property
+    def port(self) -> int:
+        """The port actually bound."""
+        return int(self.server_address[1])
+
+    @property
+    def url(self) -> str:
+        """The page's address, e.g. ``http://127.0.0.1:8765/``."""
+        host = str(self.server_address[0])
+        if host in ("0.0.0.0", "::", ""):
+            host = "127.0.0.1"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}/"
+
+
+def make_server(
+    folder: str | Path,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    allow_remote: bool = False,
+    **kwargs: Any,
+) -> ViewerServer:
+    """A :class:`ViewerServer` for ``folder`` (not yet serving: call ``serve_forever``)."""
+    return ViewerServer(folder, host=host, port=port, allow_remote=allow_remote, **kwargs)
+
+
+class _HTTPError(Exception):
+    def __init__(self, status: HTTPStatus, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class ViewerHandler(BaseHTTPRequestHandler):
+    """Request handler of :class:`ViewerServer` (routes in the module docstring)."""
+
+    server: ViewerServer
+    server_version = "sae-circuits-viewer"
+    sys_version = ""
+    protocol_version = "HTTP/1.1"
+    timeout = 30  # seconds a connection may stay silent (slow clients cannot hold threads)
+
+    # -- plumbing ------------------------------------------------------------------------
+
+    def log_message(self, format: str, *args: Any) -> None:
+        logger.debug("%s - %s", self.address_string(), format % args)
+
+    def _send(
+        self,
+        status: HTTPStatus,
+        body: bytes,
+        content_type: str,
+        extra: dict[str, str] | None = None,
+    ) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.send_header("Referrer-Policy", "no-referrer")
+        self.send_header("X-Frame-Options", "DENY")
+        self.send_header("Cross-Origin-Resource-Policy", "same-origin")
+        for k, v in (extra or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _json(self, status: HTTPStatus, obj: Any) -> None:
+        body = json.dumps(obj, allow_nan=False, ensure_ascii=False).encode("utf-8")
+        self._send(status, body, "application/json; charset=utf-8")
+
+    def _error(self, status: HTTPStatus, message: str) -> None:
+        self._json(status, {"error": message, "status": int(status)})
+
+    def _dispatch(self, method: str) -> None:
+        try:
+            if self.server.check_host and not host_header_ok(
+                self.headers.get("Host"), self.server.port
+            ):
+                raise _HTTPError(
+                    HTTPStatus.FORBIDDEN,
+                    "the Host header does not name this machine; open the viewer at "
+                    f"{self.server.url}",
+                )
+            if not self.path.startswith("/"):
+                raise _HTTPError(HTTPStatus.BAD_REQUEST, "the request target must be a path")
+            target = self.path.split("#", 1)[0]
+            path, _, query = target.partition("?")
+            getattr(self, f"_{method}")(path, urllib.parse.parse_qs(query))
+        except _HTTPError as e:
+            if e.status >= 400:
+                logger.info("%s %s -> %d: %s", self.command, self.path, e.status, e.message)
+            self._error(e.status, e.message)
+        except (BrokenPipeError, ConnectionResetError):
+            logger.debug("client went away during %s %s", self.command, self.path)
+        except Exception as e:  # a bug: answer 500, keep serving, keep the traceback in the log
+            logger.exception("error answering %s %s", self.command, self.path)
+            self._error(HTTPStatus.INTERNAL_SERVER_ERROR, f"internal error: {type(e).__name__}")
+
+    def do_GET(self) -> None:
+        self._dispatch("get")
+
+    def do_HEAD(self) -> None:
+        self._dispatch("get")
+
+    def do_POST(self) -> None:
+        self._dispatch("post")
+
+    # -- routes ----------------------------------------------------------------------------
+
+    def _get(self, path: str, query: dict[str, list[str]]) -> None:
+        static = self.server.static.get(path)
+        if static is not None:
+            suffix = static.suffix
+            extra = {"Content-Security-Policy": _CSP} if suffix == ".html" else None
+            self._send(HTTPStatus.OK, static.read_bytes(), _TYPES[suffix], extra)
+        elif path == "/api/graph":
+            self._graph(query)
+        elif path == "/api/annotations":
+            try:
+                self._json(HTTPStatus.OK, self.server.annotations.read())
+            except AnnotationFileError as e:
+                raise _HTTPError(HTTPStatus.INTERNAL_SERVER_ERROR, str(e)) from e
+        elif path.startswith("/files/"):
+            self._file(path[len("/files/") :])
+        else:
+            raise _HTTPError(HTTPStatus.NOT_FOUND, f"no such page: {path[:200]}")
+
+    def _graph(self, query: dict[str, list[str]]) -> None:
+        unknown = set(query) - {"node_threshold", "edge_threshold"}
+        if unknown:
+            raise _HTTPError(
+                HTTPStatus.BAD_REQUEST,
+                f"unknown parameters {sorted(unknown)[:5]}; valid: node_threshold, edge_threshold",
+            )
+        values: dict[str, float | None] = {}
+        for name in ("node_threshold", "edge_threshold"):
+            raw = query.get(name)
+            if not raw:
+                values[name] = None
+                continue
+            try:
+                values[name] = float(raw[-1])
+            except ValueError:
+                raise _HTTPError(
+                    HTTPStatus.BAD_REQUEST,
+                    f"{name} must be a number in [0, 1], got {raw[-1]!r:.40}",
+                ) from None
+        try:
+            body = self.server.source.document_bytes(**values)
+        except (TypeError, ValueError) as e:
+            status = HTTPStatus.CONFLICT if isinstance(e, GraphFolderError) else 400
+            raise _HTTPError(HTTPStatus(status), str(e)) from e
+        self._send(HTTPStatus.OK, body, "application/json; charset=utf-8")
+
+    def _file(self, encoded: str) -> None:
+        try:
+            relative = urllib.parse.unquote(encoded, errors="strict")
+        except UnicodeDecodeError:
+            raise _HTTPError(HTTPStatus.BAD_REQUEST, "the file name is not valid UTF-8") from None
+        target = resolve_inside(self.server.folder, relative)
+        if target is None:
+            raise _HTTPError(
+                HTTPStatus.FORBIDDEN, "only plain files inside the served folder can be read"
+            )
+        if not target.is_file():
+            raise _HTTPError(HTTPStatus.NOT_FOUND, f"no such file: {relative[:200]}")
+        content_type = _TYPES.get(target.suffix, "application/octet-stream")
+        self._send(
+            HTTPStatus.OK,
+            target.read_bytes(),
+            content_type,
+            {"Content-Disposition": f'attachment; filename="{target.name}"'},
+        )
+
+    def _post(self, path: str, query: dict[str, list[str]]) -> None:
+        if path != "/api/annotations":
+            raise _HTTPError(HTTPStatus.NOT_FOUND, f"no such endpoint: {path[:200]}")
+        origin = self.headers.get("Origin")
+        host = self.headers.get("Host", "")
+        if origin is not None and origin not in (f"http://{host}", f"https://{host}"):
+            raise _HTTPError(HTTPStatus.FORBIDDEN, "cross-origin writes are not allowed")
+        ctype = self.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        if ctype != "application/json":
+            raise _HTTPError(
+                HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
+                "send the patch as Content-Type: application/json",
+            )
+        body = self._read_body()
+        try:
+            patch = json.loads(body.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+            raise _HTTPError(HTTPStatus.BAD_REQUEST, f"the body is not valid JSON: {e}") from e
+        try:
+            merged = self.server.annotations.update(patch)
+        except AnnotationError as e:
+            raise _HTTPError(HTTPStatus.BAD_REQUEST, str(e)) from e
+        except AnnotationFileError as e:
+            raise _HTTPError(HTTPStatus.CONFLICT, str(e)) from e
+        self._json(HTTPStatus.OK, merged)
+
+    def _read_body(self) -> bytes:
+        if self.headers.get("Transfer-Encoding"):
+            self.close_connection = True
+            raise _HTTPError(HTTPStatus.LENGTH_REQUIRED, "send a Content-Length, not chunks")
+        raw = self.headers.get("Content-Length")
+        if raw is None:
+            self.close_connection = True
+            raise _HTTPError(HTTPStatus.LENGTH_REQUIRED, "Content-Length is required")
+        try:
+            length = int(raw)
+        except ValueError:
+            length = -1
+        if length < 0:
+            self.close_connection = True
+            raise _HTTPError(HTTPStatus.BAD_REQUEST, f"invalid Content-Length {raw!r:.40}")
+        if length > self.server.max_body_bytes:
+            self.close_connection = True  # the unread body must not be parsed as a request
+            raise _HTTPError(
+                HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                f"request body of {length} bytes; at most {self.server.max_body_bytes}",
+            )
+        body = self.rfile.read(length)
+        if len(body) != length:
+            self.close_connection = True
+            raise _HTTPError(HTTPStatus.BAD_REQUEST, "the request body is shorter than announced")
+        return body

@@ -1,0 +1,60 @@
+// Talking to the viewer server (sae_circuits/viewer/server.py): the graph document and the
+// annotations (labels, supernodes, pins). Every call returns parsed JSON or throws ApiError
+// with the server's message.
+
+export class ApiError extends Error {
+  constructor(message, status) {
+    super(message);
+    this.name = "ApiError";
+    this.status = status;
+  }
+}
+
+async function request(url, options = {}) {
+  let response;
+  try {
+    response = await fetch(url, { cache: "no-store", credentials: "same-origin", ...options });
+  } catch (err) {
+    throw new ApiError(`the viewer server cannot be reached (${err.message}); is it still running?`, 0);
+  }
+  let body = null;
+  try {
+    body = await response.json();
+  } catch {
+    body = null;
+  }
+  if (!response.ok) {
+    const message = body && typeof body.error === "string" ? body.error : `${response.status} ${response.statusText}`;
+    throw new ApiError(message, response.status);
+  }
+  return body;
+}
+
+/** The graph document; `thresholds` ({node, edge}) re-prunes the full graph on the server. */
+export function fetchGraph(thresholds) {
+  const query = new URLSearchParams();
+  if (thresholds) {
+    query.set("node_threshold", String(thresholds.node));
+    query.set("edge_threshold", String(thresholds.edge));
+  }
+  const qs = query.toString();
+  return request(qs ? `api/graph?${qs}` : "api/graph");
+}
+
+/** The saved annotations: {revision, labels, supernodes, pinned}. */
+export function fetchAnnotations() {
+  return request("api/annotations");
+}
+
+/**
+ * Save a patch: {labels: {id: text|null}, supernodes: {id: {label, members}|null},
+ * pinned: {add: [...], remove: [...]}}. The server merges it field by field and answers the
+ * whole merged document.
+ */
+export function saveAnnotations(patch) {
+  return request("api/annotations", {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify(patch),
+  });
+}

@@ -1,0 +1,130 @@
+// The graph as the page uses it: nodes with their kind, layer, position and links, built from
+// the server's document (Neuronpedia graph JSON plus sae_circuits fields; a plain Neuronpedia
+// document works too, its missing fields are derived from node ids and feature types).
+
+const KIND_BY_TYPE = {
+  "cross layer transcoder": "feature",
+  "mlp reconstruction error": "error",
+  embedding: "token",
+  logit: "logit",
+};
+
+function num(value) {
+  if (value === null || value === undefined || value === "") return null;
+  const x = Number(value);
+  return Number.isFinite(x) ? x : null;
+}
+
+function safeUrl(url) {
+  return typeof url === "string" && url.startsWith("https://") ? url : null;
+}
+
+function normalizeNode(raw, promptTokens) {
+  const kind = typeof raw.kind === "string" ? raw.kind : KIND_BY_TYPE[raw.feature_type] || "feature";
+  const parts = String(raw.node_id).split("_");
+  const position = num(raw.position) ?? num(raw.ctx_idx) ?? 0;
+  let layer = num(raw.layer_index);
+  if (layer === null && (kind === "feature" || kind === "error")) layer = num(parts[0]);
+  let feature = num(raw.feature_index);
+  if (feature === null && kind === "feature") feature = num(parts[1]);
+  let token = typeof raw.token === "string" ? raw.token : null;
+  if (token === null && kind === "token") token = promptTokens[position] ?? null;
+  if (token === null && kind === "logit") {
+    const match = /^Output "(.*)" \(p=/.exec(raw.clerp || "");
+    token = match ? match[1] : String(raw.feature);
+  }
+  return {
+    id: String(raw.node_id),
+    kind,
+    layer,
+    position,
+    feature,
+    token,
+    activation: num(raw.activation),
+    influence: num(raw.node_influence),
+    cumulative: num(raw.influence),
+    probability: kind === "logit" ? num(raw.token_prob) : null,
+    clerp: kind !== "logit" && typeof raw.clerp === "string" ? raw.clerp : "",
+    npUrl: safeUrl(raw.neuronpedia_url),
+    incoming: [],
+    outgoing: [],
+  };
+}
+
+/** The page's model of a document: {meta, nodes, byId, links, nLayers, promptTokens}. */
+export function buildModel(doc) {
+  const meta = doc.metadata || {};
+  const promptTokens = Array.isArray(meta.prompt_tokens) ? meta.prompt_tokens.map(String) : [];
+  const nodes = doc.nodes.map((n) => normalizeNode(n, promptTokens));
+  const byId = new Map(nodes.map((n) => [n.id, n]));
+  const links = [];
+  for (const l of doc.links) {
+    const source = byId.get(l.source);
+    const target = byId.get(l.target);
+    const weight = Number(l.weight);
+    if (!source || !target || !Number.isFinite(weight)) continue;
+    const link = { source, target, weight };
+    links.push(link);
+    source.outgoing.push(link);
+    target.incoming.push(link);
+  }
+  let nLayers = num((meta.sae_circuits || {}).n_layers);
+  if (nLayers === null) {
+    // a plain Neuronpedia document: logits sit at layer n_layers + 1
+    const logit = doc.nodes.find((n) => n.feature_type === "logit" && num(n.layer) !== null);
+    nLayers = logit ? num(logit.layer) - 1 : nodes.reduce((m, n) => (n.layer !== null ? Math.max(m, n.layer + 1) : m), 1);
+  }
+  return { meta, nodes, byId, links, nLayers, promptTokens };
+}
+
+/** Row of a node in the layout: tokens 0, layer l -> l + 1, logits on top. */
+export function rowOf(node, nLayers) {
+  if (node.kind === "token") return 0;
+  if (node.kind === "logit") return nLayers + 1;
+  return (node.layer ?? 0) + 1;
+}
+
+export function fmt(x, digits = 3) {
+  if (x === null || x === undefined || !Number.isFinite(x)) return "–";
+  const abs = Math.abs(x);
+  if (abs !== 0 && (abs < 10 ** -digits || abs >= 10 ** 5)) return x.toExponential(2);
+  return x.toFixed(digits);
+}
+
+export function signed(x) {
+  return (x >= 0 ? "+" : "") + fmt(x);
+}
+
+/** A short name: `L2 #17 @3`, `error L2 @3`, `"dallas" @3`, `→ "austin"`. */
+export function describe(node) {
+  switch (node.kind) {
+    case "feature":
+      return `L${node.layer} #${node.feature} @${node.position}`;
+    case "error":
+      return `error L${node.layer} @${node.position}`;
+    case "token":
+      return `"${node.token ?? "?"}" @${node.position}`;
+    default:
+      return `→ "${node.token ?? "?"}"`;
+  }
+}
+
+/** The label shown for a node: the user's, else the automatic one (clerp), else "". */
+export function labelOf(node, annotations) {
+  const mine = annotations.labels[node.id];
+  return typeof mine === "string" && mine ? mine : node.clerp;
+}
+
+/** The supernodes (id -> {label, members}) a node belongs to. */
+export function supernodesOf(nodeId, annotations) {
+  return Object.entries(annotations.supernodes).filter(([, sn]) => sn.members.includes(nodeId));
+}
+
+const PALETTE = ["#8a2be2", "#e07b00", "#1b9e77", "#d81b60", "#3f51b5", "#7cb342", "#00838f", "#6d4c41"];
+
+/** A stable colour per supernode id. */
+export function colorOf(id) {
+  let h = 0;
+  for (const ch of id) h = (h * 31 + ch.codePointAt(0)) >>> 0;
+  return PALETTE[h % PALETTE.length];
+}

@@ -1,0 +1,174 @@
+// Entry point of the viewer page: loads the graph and the annotations, wires the controls and
+// re-renders on every change. Annotations are saved as patches (only what changed), which the
+// server merges, so two tabs editing at once do not overwrite each other.
+
+import { fetchAnnotations, fetchGraph, saveAnnotations } from "./api.js";
+import { drawGraph, revealNode } from "./graph_view.js";
+import { buildModel, fmt } from "./model.js";
+import { renderDetails, renderSelection, renderSupernodes } from "./panels.js";
+import { drawSubgraph } from "./subgraph.js";
+
+const $ = (id) => document.getElementById(id);
+
+const state = {
+  model: null,
+  annotations: { revision: 0, labels: {}, supernodes: {}, pinned: [] },
+  selectedId: null,
+  grouping: new Set(),
+};
+
+function setStatus(text, isError = false) {
+  const el = $("save-status");
+  el.textContent = text;
+  el.classList.toggle("error", isError);
+}
+
+function fatal(message) {
+  const el = $("fatal");
+  el.textContent = message;
+  el.hidden = false;
+}
+
+function renderHeader() {
+  const { meta } = state.model;
+  $("prompt").textContent = typeof meta.prompt === "string" ? meta.prompt : state.model.promptTokens.join("");
+  const viewer = meta.viewer || {};
+  const t = viewer.thresholds || {};
+  if (t.node_threshold !== null && t.node_threshold !== undefined) $("node-threshold").value = String(t.node_threshold);
+  if (t.edge_threshold !== null && t.edge_threshold !== undefined) $("edge-threshold").value = String(t.edge_threshold);
+  const canReprune = Boolean(viewer.can_reprune);
+  for (const id of ["node-threshold", "edge-threshold", "threshold-apply"]) $(id).disabled = !canReprune;
+  $("threshold-form").title = canReprune
+    ? "Re-prune the full graph: keep the nodes / edges holding this share of the influence on the logits"
+    : "This folder has no graph.zip (the full graph), so the thresholds cannot change";
+  const sc = meta.sae_circuits || {};
+  const parts = [`${state.model.nodes.length} nodes`, `${state.model.links.length} edges`];
+  if (sc.n_nodes_before) parts.push(`of ${sc.n_nodes_before} / ${sc.n_edges_before}`);
+  const scores = sc.scores || null;
+  if (scores) parts.push(`replacement ${fmt(scores.replacement, 2)}`, `completeness ${fmt(scores.completeness, 2)}`);
+  $("stats").textContent = parts.join(" · ");
+}
+
+function render() {
+  const { model } = state;
+  if (!model) return;
+  if (state.selectedId && !model.byId.has(state.selectedId)) state.selectedId = null;
+  renderHeader();
+  drawGraph($("graph-svg"), model, state, actions);
+  renderDetails(model, state, actions);
+  renderSelection(model, state);
+  renderSupernodes(model, state, actions);
+  drawSubgraph($("subgraph-svg"), model, state, actions);
+  document.body.dataset.revision = String(state.annotations.revision);
+}
+
+async function save(patch) {
+  setStatus("Saving…");
+  try {
+    state.annotations = await saveAnnotations(patch);
+    setStatus("Saved");
+  } catch (err) {
+    setStatus(`Save failed: ${err.message}`, true);
+  }
+  render();
+}
+
+function newSupernodeId() {
+  const bytes = new Uint8Array(6);
+  crypto.getRandomValues(bytes);
+  return `sn-${[...bytes].map((b) => b.toString(16).padStart(2, "0")).join("")}`;
+}
+
+const actions = {
+  select(id, reveal = false) {
+    state.selectedId = id;
+    render();
+    if (reveal) revealNode($("graph-svg"), id);
+  },
+  toggleGrouping(id) {
+    if (state.grouping.has(id)) state.grouping.delete(id);
+    else state.grouping.add(id);
+    render();
+  },
+  selectMembers(id) {
+    const sn = state.annotations.supernodes[id];
+    if (!sn) return;
+    state.grouping = new Set(sn.members.filter((m) => state.model.byId.has(m)));
+    render();
+  },
+  renameSupernode(id, label) {
+    const sn = state.annotations.supernodes[id];
+    const name = label.trim();
+    if (!sn || !name) return;
+    save({ supernodes: { [id]: { label: name, members: sn.members } } });
+  },
+  deleteSupernode(id) {
+    save({ supernodes: { [id]: null } });
+  },
+};
+
+function wireControls() {
+  $("label-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    if (!state.selectedId) return;
+    const text = $("label-input").value.trim();
+    save({ labels: { [state.selectedId]: text || null } });
+  });
+  $("pin-toggle").addEventListener("click", () => {
+    const id = state.selectedId;
+    if (!id) return;
+    const op = state.annotations.pinned.includes(id) ? "remove" : "add";
+    save({ pinned: { [op]: [id] } });
+  });
+  $("select-toggle").addEventListener("click", () => {
+    if (state.selectedId) actions.toggleGrouping(state.selectedId);
+  });
+  $("supernode-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    if (!state.grouping.size) return;
+    const name = $("supernode-name").value.trim() || `supernode ${Object.keys(state.annotations.supernodes).length + 1}`;
+    const members = [...state.grouping];
+    state.grouping = new Set();
+    $("supernode-name").value = "";
+    save({ supernodes: { [newSupernodeId()]: { label: name, members } } });
+  });
+  $("selection-clear").addEventListener("click", () => {
+    state.grouping = new Set();
+    render();
+  });
+  $("threshold-form").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const node = Number($("node-threshold").value);
+    const edge = Number($("edge-threshold").value);
+    setStatus("Pruning…");
+    try {
+      state.model = buildModel(await fetchGraph({ node, edge }));
+      setStatus(`Pruned at ${node} / ${edge}`);
+      render();
+    } catch (err) {
+      setStatus(`Pruning failed: ${err.message}`, true);
+    }
+  });
+  document.addEventListener("keydown", (event) => {
+    if (event.key === "Escape" && state.grouping.size) {
+      state.grouping = new Set();
+      render();
+    }
+  });
+}
+
+async function init() {
+  wireControls();
+  try {
+    const [doc, annotations] = await Promise.all([fetchGraph(null), fetchAnnotations()]);
+    state.model = buildModel(doc);
+    state.annotations = annotations;
+  } catch (err) {
+    fatal(`Cannot load the graph: ${err.message}`);
+    return;
+  }
+  render();
+  document.body.dataset.ready = "1";
+}
+
+init();

@@ -1,0 +1,355 @@
+"""prune() and scores(): against a dense numpy rendering of the reference's rules, at scale, bad input."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+import tracemalloc
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+import sae_circuits as sc
+from sae_circuits.graph import AttributionGraph
+from sae_circuits.pruning import GraphScores, find_threshold
+
+from .conftest import PROMPT, build
+
+_GRAPHS: dict[tuple[str, str], AttributionGraph] = {}
+
+
+def graph_of(arch: str, kind: str) -> AttributionGraph:
+    if (arch, kind) not in _GRAPHS:
+        model, tcs = build(arch, kind)
+        _GRAPHS[arch, kind] = sc.attribute(model, PROMPT, sc.load_transcoders(tcs))
+    return _GRAPHS[arch, kind]
+
+
+# --- the reference's rules, dense, with the node blocks found by position as the reference does
+
+
+def _normalize(m: np.ndarray) -> np.ndarray:
+    m = np.abs(m)
+    return m / np.maximum(m.sum(axis=1, keepdims=True), 1e-10)
+
+
+def _influence(m: np.ndarray, w: np.ndarray) -> np.ndarray:
+    total = np.zeros(len(w))
+    step = w @ m
+    while step.any():
+        total += step
+        step = step @ m
+    return total
+
+
+def _cutoff(scores: np.ndarray, fraction: float) -> float:
+    ordered = np.sort(scores.ravel())[::-1]
+    share = np.cumsum(ordered) / ordered.sum()
+    return ordered[min(int(np.searchsorted(share, fraction)), len(ordered) - 1)]
+
+
+def dense_prune(graph: AttributionGraph, node_threshold: float, edge_threshold: float):
+    a = graph.adjacency.toarray().astype(np.float64)
+    n = len(a)
+    counts = graph.nodes["kind"].value_counts()
+    n_feat, n_tail = counts["feature"], counts["token"] + counts["logit"]
+    w = np.zeros(n)
+    w[n - counts["logit"] :] = graph.logits["probability"].to_numpy(np.float64)
+    infl = _influence(_normalize(a), w)
+    keep = infl >= _cutoff(infl, node_threshold)
+    keep[n - n_tail :] = True
+    sub = a * keep[:, None] * keep[None, :]
+    norm = _normalize(sub)
+    scores = norm * (_influence(norm, w) + w)[:, None]
+    edges = scores >= _cutoff(scores, edge_threshold)  # over all n*n entries, zeros included
+    while True:
+        new = keep.copy()
+        new[: n - n_tail] &= edges[:, : n - n_tail].any(axis=0)
+        new[:n_feat] &= edges[:n_feat].any(axis=1)
+        if (new == keep).all():
+            break
+        keep = new
+        edges &= keep[:, None] & keep[None, :]
+    order = np.argsort(-infl, kind="stable")
+    cum = np.empty(n)
+    cum[order] = np.cumsum(infl[order]) / infl.sum()
+    return keep, edges & (a != 0), infl, cum
+
+
+def dense_scores(graph: AttributionGraph) -> tuple[float, float]:
+    a = graph.adjacency.toarray().astype(np.float64)
+    kind = graph.nodes["kind"].astype(str).to_numpy()
+    w = graph.logit_weights
+    m = _normalize(a)
+    infl = _influence(m, w)
+    tok, err = infl[kind == "token"].sum(), infl[kind == "error"].sum()
+    out = infl + w
+    complete = ((1 - m[:, kind == "error"].sum(axis=1)) * out).sum() / out.sum()
+    return tok / (tok + err), complete
+
+
+def kept_edges(pruned: AttributionGraph) -> set[tuple[int, int]]:
+    coo = pruned.adjacency.tocoo()
+    idx = pruned.nodes["node_index"].to_numpy()
+    return set(zip(idx[coo.row].tolist(), idx[coo.col].tolist(), strict=True))
+
+
+@pytest.mark.parametrize(
+    ("arch", "kind", "node_t", "edge_t"),
+    [
+        ("gpt2", "relu", 0.8, 0.98),
+        ("gemma2", "jumprelu", 0.8, 0.98),
+        ("llama", "skip", 0.5, 0.9),
+        ("llama", "skip", 0.95, 0.7),
+        ("gpt2", "relu", 1.0, 1.0),
+        ("gemma2", "jumprelu", 0.0, 0.0),
+    ],
+)
+def test_prune_matches_dense_reference_rule(arch, kind, node_t, edge_t):
+    graph = graph_of(arch, kind)
+    keep, edges, infl, cum = dense_prune(graph, node_t, edge_t)
+    pruned = graph.prune(node_threshold=node_t, edge_threshold=edge_t)
+    assert pruned.nodes["node_index"].tolist() == np.flatnonzero(keep).tolist()
+    t, s = np.nonzero(edges)
+    assert kept_edges(pruned) == set(zip(t.tolist(), s.tolist(), strict=True))
+    idx = pruned.nodes["node_index"].to_numpy()
+    np.testing.assert_allclose(pruned.nodes["influence"], infl[idx], rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(pruned.nodes["cumulative_influence"], cum[idx], rtol=1e-9)
+    # a pruned graph is a subgraph: same node rows, same weights
+    original = graph.nodes.iloc[idx].reset_index(drop=True)
+    pd.testing.assert_frame_equal(pruned.nodes[list(graph.nodes.columns)], original)
+    coo = pruned.adjacency.tocoo()
+    assert np.array_equal(coo.data, graph.adjacency.toarray()[idx[coo.row], idx[coo.col]])
+    assert pruned.adjacency.dtype == graph.adjacency.dtype
+
+
+def test_pruned_graph_structure():
+    graph = graph_of("gpt2", "relu")
+    before = graph.adjacency.copy()
+    pruned = graph.prune()
+    assert isinstance(pruned, AttributionGraph) and isinstance(pruned.adjacency, sp.csr_array)
+    assert 0 < pruned.n_nodes < graph.n_nodes and pruned.adjacency.nnz < graph.adjacency.nnz
+    kinds = pruned.nodes["kind"].value_counts()
+    assert kinds["token"] == (graph.nodes["kind"] == "token").sum()
+    assert kinds["logit"] == len(graph.logits) == len(pruned.logits)
+    pd.testing.assert_frame_equal(pruned.logits, graph.logits)
+    # every kept feature has an input and an output, every kept error an output
+    edges = pruned.edges()
+    kind = pruned.nodes["kind"].astype(str).to_numpy()
+    has_out = np.isin(np.arange(pruned.n_nodes), edges["source"])
+    has_in = np.isin(np.arange(pruned.n_nodes), edges["target"])
+    assert has_out[kind == "feature"].all() and has_in[kind == "feature"].all()
+    assert has_out[kind == "error"].all()
+    # more influential nodes rank first
+    inf = pruned.nodes.sort_values("influence", ascending=False)
+    assert inf["cumulative_influence"].is_monotonic_increasing
+    assert pruned.metadata["pruning"] == {
+        "node_threshold": 0.8,
+        "edge_threshold": 0.98,
+        "n_nodes_before": graph.n_nodes,
+        "n_edges_before": graph.adjacency.nnz,
+    }
+    assert "pruning" not in graph.metadata and (graph.adjacency != before).nnz == 0
+    # pruning again composes node_index with the original graph
+    again = pruned.prune(node_threshold=0.5, edge_threshold=0.9)
+    assert set(again.nodes["node_index"]) <= set(pruned.nodes["node_index"])
+    first = graph.nodes.iloc[again.nodes["node_index"].to_numpy()].reset_index(drop=True)
+    pd.testing.assert_frame_equal(again.nodes[list(graph.nodes.columns)], first)
+
+
+def test_find_threshold_rule():
+    scores = np.array([0.1, 0.4, 0.2, 0.3])
+    # sorted 0.4 0.3 0.2 0.1 -> shares 0.4 0.7 0.9 1.0
+    assert find_threshold(scores, 0.7) == 0.3
+    assert find_threshold(scores, 0.71) == 0.2
+    assert find_threshold(scores, 0.0) == 0.4
+    assert find_threshold(scores, 1.0) == 0.1
+    assert find_threshold(np.zeros(3), 0.5) == 0.0
+    # shares that stop short of 1.0 by rounding: the cut-off falls on the implicit zeros
+    assert find_threshold(np.array([0.1] * 10), 1.0 + 1e-12, n_implicit_zeros=5) == 0.0
+    assert find_threshold(np.array([0.1] * 10), 1.0 + 1e-12) == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize(
+    ("arch", "kind"), [("gpt2", "relu"), ("llama", "skip"), ("gemma2", "jumprelu")]
+)
+def test_scores_match_dense_formula(arch, kind):
+    graph = graph_of(arch, kind)
+    for g in (graph, graph.prune()):
+        s = g.scores()
+        rep, comp = dense_scores(g)
+        assert s.replacement == pytest.approx(rep, rel=1e-9)
+        assert s["completeness"] == pytest.approx(comp, rel=1e-9)
+        assert 0 < s.replacement < 1 and 0 < s.completeness <= 1
+    assert graph.prune().scores() != graph.scores()
+
+
+def test_scores_object():
+    s = graph_of("gpt2", "relu").scores()
+    assert isinstance(s, GraphScores)
+    assert dict(s) == {"replacement": s.replacement, "completeness": s.completeness}
+    assert s["replacement"] == s.replacement and len(s) == 2 and "completeness" in s
+    with pytest.raises(KeyError, match="replacement"):
+        s["fidelity"]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.replacement = 1.0  # type: ignore[misc]
+
+
+def test_scores_with_no_error_nodes_is_one():
+    graph = graph_of("llama", "skip")
+    err = graph.node_indices("error")
+    a = graph.adjacency.tolil()
+    a[:, err] = 0
+    g = dataclasses.replace(graph, adjacency=sp.csr_array(a.tocsr()))
+    s = g.scores()
+    assert s.replacement == 1.0 and s.completeness == pytest.approx(1.0)
+
+
+def random_dag(n_nodes=100_000, n_layers=10, n_pos=100, n_logits=10, fan_in=15, seed=0):
+    """A graph shaped like an attribution graph: layered, edges from lower to higher levels."""
+    rng = np.random.default_rng(seed)
+    n_err, n_tok = n_layers * n_pos, n_pos
+    n_feat = n_nodes - n_err - n_tok - n_logits
+    kind = np.repeat(
+        np.array(["feature", "error", "token", "logit"]), [n_feat, n_err, n_tok, n_logits]
+    )
+    layer = np.concatenate(
+        [
+            rng.integers(0, n_layers, n_feat),
+            np.repeat(np.arange(n_layers), n_pos),
+            np.full(n_tok + n_logits, -1),
+        ]
+    )
+    level = np.where(kind == "token", 0, np.where(kind == "logit", n_layers + 1, layer + 1))
+    sources = np.flatnonzero(kind != "logit")
+    sources = sources[np.argsort(level[sources], kind="stable")]
+    below = np.searchsorted(level[sources], np.arange(n_layers + 3))  # sources under each level
+    targets = np.concatenate(
+        [
+            np.repeat(np.arange(n_feat), fan_in),
+            np.repeat(np.arange(n_nodes - n_logits, n_nodes), 50 * fan_in),
+        ]
+    )
+    src = sources[(rng.random(len(targets)) * below[level[targets]]).astype(np.int64)]
+    adjacency = sp.csr_array(
+        (rng.standard_normal(len(targets)).astype(np.float32), (targets, src)),
+        shape=(n_nodes, n_nodes),
+    )
+    adjacency.sum_duplicates()
+    prob = np.full(n_nodes, np.nan, dtype=np.float32)
+    prob[-n_logits:] = rng.dirichlet(np.ones(n_logits))
+    nodes = pd.DataFrame(
+        {
+            "kind": pd.Categorical(kind, categories=["feature", "error", "token", "logit"]),
+            "layer": pd.Series(layer, dtype="Int64").mask(layer < 0),
+            "position": pd.array(rng.integers(0, n_pos, n_nodes), dtype="Int64"),
+            "feature": pd.array(np.arange(n_nodes), dtype="Int64"),
+            "token_id": pd.array(np.arange(n_nodes), dtype="Int64"),
+            "activation": pd.array(rng.random(n_nodes).astype(np.float32), dtype="Float32"),
+            "probability": pd.array(prob, dtype="Float32"),
+        }
+    )
+    logits = pd.DataFrame({"token_id": np.arange(n_logits), "probability": prob[-n_logits:]})
+    return AttributionGraph(adjacency, nodes, logits, {})
+
+
+def test_prune_100k_nodes_stays_sparse():
+    graph = random_dag()
+    n, nnz = graph.n_nodes, graph.adjacency.nnz
+    assert n >= 100_000 and nnz > 1_000_000
+    tracemalloc.start()
+    try:
+        start = time.perf_counter()
+        pruned = graph.prune()
+        scores = graph.scores()
+        elapsed = time.perf_counter() - start
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    dense_bytes = n * n * 4
+    assert peak < dense_bytes / 100, f"peak {peak / 2**20:.0f} MiB"
+    assert peak < 200 * nnz, f"peak {peak / 2**20:.0f} MiB for {nnz} edges"
+    assert elapsed < 30, f"prune + scores took {elapsed:.1f}s"
+    assert 0 < pruned.n_nodes < n and 0 < pruned.adjacency.nnz < nnz
+    kinds = pruned.nodes["kind"].value_counts()
+    assert kinds["token"] == 100 and kinds["logit"] == 10
+    assert 0 < scores.replacement <= 1 and 0 < scores.completeness <= 1
+
+
+@pytest.mark.parametrize("value", [-0.1, 1.5, math.nan, math.inf])
+@pytest.mark.parametrize("name", ["node_threshold", "edge_threshold"])
+def test_threshold_out_of_range(name, value):
+    graph = graph_of("gpt2", "relu")
+    with pytest.raises(ValueError, match=rf"{name} must be in \[0, 1\]"):
+        graph.prune(**{name: value})
+
+
+@pytest.mark.parametrize("value", ["0.8", None, True, [0.8]])
+def test_threshold_not_a_number(value):
+    graph = graph_of("gpt2", "relu")
+    with pytest.raises(TypeError, match=r"node_threshold must be a number in \[0, 1\]"):
+        graph.prune(node_threshold=value)
+
+
+def test_thresholds_accept_ints_and_numpy():
+    graph = graph_of("gpt2", "relu")
+    a = graph.prune(node_threshold=1, edge_threshold=np.float32(0.98))
+    b = graph.prune(node_threshold=1.0, edge_threshold=float(np.float32(0.98)))
+    assert a.nodes["node_index"].tolist() == b.nodes["node_index"].tolist()
+
+
+def test_graph_without_logits_is_refused():
+    graph = graph_of("gpt2", "relu")
+    keep = np.flatnonzero((graph.nodes["kind"] != "logit").to_numpy())
+    sub = graph.adjacency[keep][:, keep]
+    no_logits = AttributionGraph(
+        sp.csr_array(sub), graph.nodes.iloc[keep].reset_index(drop=True), graph.logits.iloc[:0], {}
+    )
+    for call in (no_logits.prune, no_logits.scores):
+        with pytest.raises(ValueError, match="needs logit nodes"):
+            call()
+    zero = graph.nodes.assign(probability=graph.nodes["probability"] * 0)
+    with pytest.raises(ValueError, match="probabilities"):
+        dataclasses.replace(graph, nodes=zero).prune()
+
+
+def test_non_finite_adjacency_is_refused():
+    graph = graph_of("gpt2", "relu")
+    a = graph.adjacency.copy()
+    a.data[0] = np.nan
+    with pytest.raises(ValueError, match="non-finite"):
+        dataclasses.replace(graph, adjacency=a).scores()
+
+
+def test_edge_cutoff_on_implicit_zeros_keeps_every_node():
+    # one feature (no inputs) and nine tokens feed one logit equally: ten edge scores of 0.1,
+    # whose cumulative share stops short of 1.0 by rounding, so at edge_threshold=1 the reference's
+    # cut-off lands on the zeros of its dense matrix and no node is dropped for lack of edges
+    n = 11
+    adjacency = sp.csr_array(
+        (np.ones(10, dtype=np.float32), (np.full(10, 10), np.arange(10))), shape=(n, n)
+    )
+    kinds = ["feature"] + ["token"] * 9 + ["logit"]
+    na = [pd.NA] * n
+    nodes = pd.DataFrame(
+        {
+            "kind": pd.Categorical(kinds, categories=["feature", "error", "token", "logit"]),
+            "layer": pd.array([0, *na[1:]], dtype="Int64"),
+            "position": pd.array([8, *range(9), 8], dtype="Int64"),
+            "feature": pd.array([3, *na[1:]], dtype="Int64"),
+            "token_id": pd.array([pd.NA, *range(9), 5], dtype="Int64"),
+            "activation": pd.array([1.0, *na[1:]], dtype="Float32"),
+            "probability": pd.array([*na[:-1], 1.0], dtype="Float32"),
+        }
+    )
+    graph = AttributionGraph(
+        adjacency, nodes, pd.DataFrame({"token_id": [5], "probability": [1.0]}), {}
+    )
+    for edge_t, feature_kept in ((1.0, True), (0.99, False)):
+        keep, *_ = dense_prune(graph, 1.0, edge_t)
+        pruned = graph.prune(node_threshold=1.0, edge_threshold=edge_t)
+        assert bool(keep[0]) is feature_kept
+        assert pruned.nodes["node_index"].tolist() == np.flatnonzero(keep).tolist()

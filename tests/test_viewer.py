@@ -1,0 +1,313 @@
+"""The viewer page in a real headless browser (Debian's chromium driven by Playwright).
+
+Needs ``apt-get install -y chromium`` and ``pip install playwright`` (never ``playwright
+install``: the tests use the system chromium, offline). Without them the tests are skipped with
+the reason. Set ``SAE_CIRCUITS_SCREENSHOT=1`` to also write the screenshot to
+``docs/images/viewer.png`` (or ``SAE_CIRCUITS_SCREENSHOT=path.png`` for another file),
+``SAE_CIRCUITS_SCREENSHOT_FOLDER=OUT`` to take it of another graph folder (e.g. one written by
+``sae-circuits attribute ... -o OUT``), and ``SAE_CIRCUITS_CHROMIUM`` to use another chromium.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sae_circuits.export import to_neuronpedia
+from sae_circuits.viewer import GraphSource, build_document, make_server
+
+from .test_viewer_server import make_graph_folder, tiny_graphs
+
+CHROMIUM = (
+    os.environ.get("SAE_CIRCUITS_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+)
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+REPO = Path(__file__).resolve().parents[1]
+
+try:
+    from playwright.sync_api import Page, sync_playwright
+except ImportError:  # pragma: no cover - depends on the machine
+    sync_playwright = None  # type: ignore[assignment]
+
+pytestmark = [
+    pytest.mark.skipif(
+        sync_playwright is None,
+        reason="playwright is not installed: pip install playwright (the tests use the system "
+        "chromium; do not run `playwright install`)",
+    ),
+    pytest.mark.skipif(
+        not Path(CHROMIUM).is_file(),
+        reason=f"chromium not found at {CHROMIUM}: apt-get install -y chromium "
+        "(or set SAE_CIRCUITS_CHROMIUM)",
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    assert sync_playwright is not None
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, timeout=60_000)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_graph_folder(tmp_path_factory.mktemp("viewer") / "graph")
+
+
+@pytest.fixture
+def screenshot_viewer(viewer: Viewer) -> Viewer:
+    """The viewer, on ``SAE_CIRCUITS_SCREENSHOT_FOLDER`` (a graph folder) when that is set."""
+    other = os.environ.get("SAE_CIRCUITS_SCREENSHOT_FOLDER")
+    if other:
+        shutil.rmtree(viewer.folder)
+        shutil.copytree(other, viewer.folder)
+        (viewer.folder / "annotations.json").unlink(missing_ok=True)
+    return viewer
+
+
+@dataclass
+class Viewer:
+    page: Page
+    url: str
+    folder: Path
+    errors: list[str]
+
+    def open(self) -> None:
+        self.page.goto(self.url)
+        self.page.wait_for_selector("body[data-ready]")
+
+    def reload(self) -> None:
+        self.page.reload()
+        self.page.wait_for_selector("body[data-ready]")
+
+    def drawn_ids(self) -> list[str]:
+        return self.page.locator("#graph-svg [data-node]").evaluate_all(
+            "els => els.map(e => e.dataset.node)"
+        )
+
+    def node(self, node_id: str) -> Any:
+        return self.page.locator(f'#graph-svg [data-node="{node_id}"]')
+
+    def wait_revision(self, revision: int) -> None:
+        self.page.wait_for_selector(f'body[data-revision="{revision}"]')
+
+    def annotations(self) -> dict[str, Any]:
+        return json.loads((self.folder / "annotations.json").read_text())
+
+    def features(self, n: int) -> list[str]:
+        """The ``n`` most influential feature ids of the served document."""
+        doc = json.loads((self.folder / "graph.json").read_text())
+        feats = sorted(
+            (x for x in doc["nodes"] if x["kind"] == "feature"),
+            key=lambda x: -(x["node_influence"] or 0),
+        )
+        assert len(feats) >= n
+        return [x["node_id"] for x in feats[:n]]
+
+
+@pytest.fixture
+def viewer(browser: Any, template: Path, tmp_path: Path) -> Iterator[Viewer]:
+    folder = tmp_path / "graph"
+    shutil.copytree(template, folder)
+    server = make_server(folder, port=0)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    context.set_default_timeout(15_000)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(f"page error: {e}"))
+    page.on("requestfailed", lambda r: errors.append(f"request failed: {r.url}"))
+    try:
+        yield Viewer(page, server.url, folder, errors)
+    finally:
+        context.close()
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def test_page_loads_and_draws_every_kept_node(viewer: Viewer):
+    viewer.open()
+    drawn = viewer.drawn_ids()
+    doc = json.loads((viewer.folder / "graph.json").read_text())
+    assert len(drawn) == len(set(drawn)) == len(doc["nodes"])
+    assert set(drawn) == {n["node_id"] for n in doc["nodes"]}
+    n_edges = viewer.page.locator("#graph-svg path.edge").count()
+    assert n_edges == len(doc["links"])
+    widths = viewer.page.locator("#graph-svg path.edge").evaluate_all(
+        "els => els.map(e => Number(e.getAttribute('stroke-width')))"
+    )
+    assert max(widths) > 3 * min(widths)  # width follows |weight|
+    assert viewer.page.locator("#graph-svg path.edge.neg").count() > 0
+    assert f"{len(doc['nodes'])} nodes" in viewer.page.inner_text("#stats")
+    # tokens along the bottom, logits on top
+    token_y = viewer.page.locator("#graph-svg .node.token").first.bounding_box()["y"]
+    logit_y = viewer.page.locator("#graph-svg .node.logit").first.bounding_box()["y"]
+    assert logit_y < token_y
+    assert viewer.errors == []
+
+
+def test_details_panel_opens_on_click(viewer: Viewer):
+    viewer.open()
+    page = viewer.page
+    assert page.locator("#details").is_hidden()
+    node_id = viewer.features(1)[0]
+    doc = json.loads((viewer.folder / "graph.json").read_text())
+    node = next(n for n in doc["nodes"] if n["node_id"] == node_id)
+    viewer.node(node_id).click()
+    assert page.locator("#details").is_visible()
+    title = f"L{node['layer_index']} #{node['feature_index']} @{node['position']}"
+    assert page.inner_text("#details-title") == title
+    assert page.inner_text('#details-fields dd[data-field="feature"]') == str(node["feature_index"])
+    assert page.inner_text('#details-fields dd[data-field="node id"]') == node_id
+    shown = float(page.inner_text('#details-fields dd[data-field="activation"]'))
+    assert shown == pytest.approx(node["activation"], abs=1e-3)
+    assert page.locator("#outgoing li button").count() >= 1
+    assert "selected" in (viewer.node(node_id).get_attribute("class") or "")
+    # following an edge selects its other end
+    target = page.locator("#outgoing li button").first.get_attribute("data-goto")
+    page.locator("#outgoing li button").first.click()
+    assert page.inner_text('#details-fields dd[data-field="node id"]') == target
+    assert viewer.errors == []
+
+
+def test_label_edit_survives_reload(viewer: Viewer):
+    viewer.open()
+    node_id = viewer.features(1)[0]
+    viewer.node(node_id).click()
+    viewer.page.fill("#label-input", "Texas (state)")
+    viewer.page.press("#label-input", "Enter")
+    viewer.wait_revision(1)
+    assert viewer.annotations()["labels"] == {node_id: "Texas (state)"}
+    viewer.reload()
+    assert viewer.node(node_id).locator(".node-label").text_content() == "Texas (state)"
+    viewer.node(node_id).click()
+    assert viewer.page.input_value("#label-input") == "Texas (state)"
+    assert viewer.errors == []
+
+
+def test_supernode_survives_reload(viewer: Viewer):
+    viewer.open()
+    members = viewer.features(3)
+    for node_id in members:
+        viewer.node(node_id).click(modifiers=["Shift"])
+    assert "3 selected" in viewer.page.inner_text("#selection-info")
+    viewer.page.fill("#supernode-name", "say a capital")
+    viewer.page.click("#supernode-create")
+    viewer.wait_revision(1)
+    saved = list(viewer.annotations()["supernodes"].values())
+    assert saved == [{"label": "say a capital", "members": members}]
+    viewer.reload()
+    assert viewer.page.input_value("#supernode-list li input.sn-label") == "say a capital"
+    assert viewer.page.locator("#subgraph-svg [data-supernode]").count() == 1
+    for node_id in members:
+        assert viewer.node(node_id).locator(".ring").count() == 1
+    # rename, then ungroup
+    viewer.page.fill("#supernode-list li input.sn-label", "capital")
+    viewer.page.click("#supernode-list li .sn-rename")
+    viewer.wait_revision(2)
+    assert [s["label"] for s in viewer.annotations()["supernodes"].values()] == ["capital"]
+    viewer.page.click("#supernode-list li .sn-delete")
+    viewer.wait_revision(3)
+    assert viewer.annotations()["supernodes"] == {}
+    assert viewer.errors == []
+
+
+def test_pins_and_thresholds(viewer: Viewer):
+    viewer.open()
+    node_id = viewer.features(1)[0]
+    viewer.node(node_id).click()
+    viewer.page.click("#pin-toggle")
+    viewer.wait_revision(1)
+    assert viewer.annotations()["pinned"] == [node_id]
+    assert viewer.page.locator(f'#subgraph-svg [data-node="{node_id}"]').count() == 1
+    expected = GraphSource(viewer.folder).document(node_threshold=0.5, edge_threshold=0.9)
+    viewer.page.fill("#node-threshold", "0.5")
+    viewer.page.fill("#edge-threshold", "0.9")
+    viewer.page.click("#threshold-apply")
+    viewer.page.wait_for_function(
+        "n => document.querySelectorAll('#graph-svg [data-node]').length === n",
+        arg=len(expected["nodes"]),
+    )
+    assert set(viewer.drawn_ids()) == {n["node_id"] for n in expected["nodes"]}
+    assert viewer.errors == []
+
+
+def test_neuronpedia_link_and_plain_neuronpedia_json(viewer: Viewer):
+    _, pruned = tiny_graphs()
+    n_layers = pruned.metadata["transcoders"]["n_layers"]
+    meta = {**pruned.metadata, "transcoders": {**pruned.metadata["transcoders"]}}
+    meta["transcoders"]["neuronpedia_ids"] = [f"m/{i}-tc-16k" for i in range(n_layers)]
+    with_ids = dataclasses.replace(pruned, metadata=meta)
+    (viewer.folder / "graph.json").write_text(json.dumps(build_document(with_ids, slug="np")))
+    viewer.open()
+    node_id = viewer.features(1)[0]
+    viewer.node(node_id).click()
+    layer, feature, _ = node_id.split("_")
+    link = viewer.page.locator("#np-link")
+    assert link.is_visible()
+    assert link.get_attribute("href") == f"https://www.neuronpedia.org/m/{layer}-tc-16k/{feature}"
+    # a plain Neuronpedia document, alone in its folder: drawn, thresholds fixed
+    for name in ("graph.zip", "pruned.zip"):
+        (viewer.folder / name).unlink()
+    plain = to_neuronpedia(pruned, slug="plain", scan="tiny")
+    (viewer.folder / "graph.json").write_text(json.dumps(plain))
+    viewer.reload()
+    assert set(viewer.drawn_ids()) == {n["node_id"] for n in plain["nodes"]}
+    assert viewer.page.locator("#threshold-apply").is_disabled()
+    viewer.node(node_id).click()
+    assert viewer.page.inner_text("#details-title").startswith(f"L{layer} #{feature} @")
+    assert viewer.page.locator("#np-link").is_hidden()
+    assert viewer.errors == []
+
+
+def test_screenshot(screenshot_viewer: Viewer, tmp_path: Path):
+    viewer = screenshot_viewer
+    feats = viewer.features(6)
+    patch = {
+        "labels": {feats[0]: "top feature", feats[1]: "second"},
+        "supernodes": {"sn-demo": {"label": "strongest group", "members": feats[2:5]}},
+        "pinned": {"add": [feats[0], feats[5]]},
+    }
+    from sae_circuits.viewer import AnnotationStore
+
+    AnnotationStore(viewer.folder).update(patch)
+    viewer.page.set_viewport_size({"width": 1600, "height": 900})
+    viewer.open()
+    viewer.node(feats[0]).click()
+    viewer.page.mouse.move(0, 0)
+    path = tmp_path / "viewer.png"
+    viewer.page.screenshot(path=str(path), full_page=True)
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
+    target = os.environ.get("SAE_CIRCUITS_SCREENSHOT")
+    if target:
+        dest = Path(target) if target.endswith(".png") else REPO / "docs" / "images" / "viewer.png"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, dest)
+    assert viewer.errors == []
