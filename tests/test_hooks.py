@@ -83,3 +83,18 @@ def test_unknown_hooks_name_close_matches():
         resolve_hook(model, "blocks.7.mlp.hook_in")
     with pytest.raises(HookNotFoundError, match="valid choices"):
         resolve_hook(model, "blocks.0.hook_resid_post", allowed_suffixes=("hook_mlp_out",))
+
+
+def test_word_tokenizer_special_words_match_whole_words_only():
+    from sae_circuits.toy import word_tokenizer
+
+    tok = word_tokenizer([f"t{i}" for i in range(20)], bos="t0", unk="t1")
+    assert tok("t11 t5 t10 t1 t0 nope", add_special_tokens=False)["input_ids"] == [
+        11,
+        5,
+        10,
+        1,
+        0,
+        1,
+    ]
+    assert tok.decode([11]) == "t11"

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from tokenizers import Tokenizer, models, pre_tokenizers
+from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 __all__ = ["word_tokenizer"]
@@ -38,4 +38,9 @@ def word_tokenizer(words: Sequence[str], *, bos: str, unk: str) -> PreTrainedTok
             raise ValueError(f"word_tokenizer: {special!r} is not in the vocabulary")
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=unk))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=bos, unk_token=unk)
+    # special words match whole words only (else "t11" would split into "t1" + "1")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=AddedToken(bos, single_word=True, normalized=False),
+        unk_token=AddedToken(unk, single_word=True, normalized=False),
+    )

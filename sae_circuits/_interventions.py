@@ -1,0 +1,393 @@
+"""Private machinery of :mod:`sae_circuits.intervene`: the clean run and the hooks.
+
+The clean run records what the intervened runs hold fixed: each transcoder's input and output,
+the clean reconstruction, attention patterns and norm scales. The hooks of an intervened run
+write, at every transcoder output hook and every position of the clean run,
+
+    clean_out + (decoder writes now - clean decoder writes) + (skip(x) - clean skip)
+
+which is the replacement model with the error term frozen at its clean value (``clean_out`` is
+the clean reconstruction plus the clean error). In the ``"replacement"`` mode the decoder writes
+are those of the live activations (downstream features respond) with the interventions applied;
+in the ``"direct"`` mode only the intervened features' writes change, by
+``(new - clean activation) * decoder`` at every layer they write to, so every other transcoder
+output keeps its clean value. Where nothing changed, the clean values pass bit for bit. At
+positions past the clean run (generated tokens) the model's own MLP output is kept and only the
+intervened features' changes of their decoder writes are added.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from transformer_lens import HookedTransformer
+
+from sae_circuits._intervention_input import as_tensor
+from sae_circuits.hooks import HookSite, scoped_hooks
+from sae_circuits.replacement import ResolvedTranscoders
+
+__all__ = [
+    "CleanRun",
+    "Plan",
+    "Recorded",
+    "clean_run",
+    "intervened_hooks",
+    "make_plan",
+    "step_hooks",
+]
+
+_FROZEN_SUFFIXES = ("hook_pattern", "hook_scale")
+Mode = Literal["replacement", "direct"]
+
+
+# --------------------------------------------------------------------------------------------
+# the clean run
+
+
+@dataclass
+class CleanRun:
+    """What a clean forward pass of the prompt recorded (tensors on the model's device).
+
+    Attributes:
+        tokens: ``(n,)`` token ids (CPU).
+        x_in: Per layer, ``(n, d_in)`` transcoder input.
+        out: Per layer, ``(n, d_out)`` MLP output (clean reconstruction + clean error).
+        recon: Per layer, ``(n, d_out)`` clean reconstruction (decoder bias included, no skip).
+        skip: Per layer, ``(n, d_out)`` clean skip term or ``None``.
+        acts: Per layer, ``(n, F)`` sparse COO clean feature activations (transcoders' device).
+        frozen: Hook name -> clean attention pattern / norm scale (when recorded).
+        logits: ``(n, d_vocab)`` logits (CPU).
+        logits_presoftcap: ``(d_vocab,)`` last-position logits before any soft-cap (CPU).
+    """
+
+    tokens: torch.Tensor
+    x_in: list[torch.Tensor]
+    out: list[torch.Tensor]
+    recon: list[torch.Tensor]
+    skip: list[torch.Tensor | None]
+    acts: list[torch.Tensor]
+    frozen: dict[str, torch.Tensor]
+    logits: torch.Tensor
+    logits_presoftcap: torch.Tensor
+
+    def activation(
+        self, layer: int, positions: torch.Tensor, features: torch.Tensor
+    ) -> torch.Tensor:
+        """Clean activations at ``(positions, features)`` of ``layer``: ``(k,)``."""
+        dense = self.acts[layer].to_dense()
+        return dense[positions.to(dense.device), features.to(dense.device)]
+
+
+def _sources_of(resolved: ResolvedTranscoders, out_layer: int) -> list[int]:
+    ts = resolved.transcoders
+    return [s for s in range(out_layer + 1) if out_layer in ts.output_layers(s)]
+
+
+def _unembed_site() -> HookSite:
+    return HookSite("unembed.output", None, "unembed", "post")
+
+
+def clean_run(
+    model: HookedTransformer, tokens: torch.Tensor, resolved: ResolvedTranscoders, *, freeze: bool
+) -> CleanRun:
+    """Run the prompt once, recording what interventions hold fixed.
+
+    Raises:
+        FloatingPointError: Non-finite transcoder inputs, outputs or activations.
+    """
+    ts = resolved.transcoders
+    n_layers = len(resolved.inputs)
+    x_in: list[torch.Tensor | None] = [None] * n_layers
+    out: list[torch.Tensor | None] = [None] * n_layers
+    frozen: dict[str, torch.Tensor] = {}
+    box: dict[str, torch.Tensor] = {}
+
+    def keep(store: list, layer: int) -> Callable[[torch.Tensor], None]:
+        def fn(t: torch.Tensor) -> None:
+            store[layer] = t.detach()[0].clone()
+
+        return fn
+
+    def record(name: str) -> Callable[[torch.Tensor], None]:
+        def fn(t: torch.Tensor) -> None:
+            frozen[name] = t.detach().clone()
+
+        return fn
+
+    def unembed(t: torch.Tensor) -> None:
+        box["pre"] = t.detach()[0, -1].clone()
+
+    hooks: list[tuple[HookSite | str, Any]] = []
+    if freeze:
+        hooks += [(n, record(n)) for n in model.hook_dict if n.endswith(_FROZEN_SUFFIXES)]
+    hooks += [(site, keep(x_in, layer)) for layer, site in enumerate(resolved.inputs)]
+    hooks += [(site, keep(out, layer)) for layer, site in enumerate(resolved.outputs)]
+    hooks.append((_unembed_site(), unembed))
+    device = model.W_E.device
+    with torch.no_grad(), scoped_hooks(model, hooks):
+        logits = model(tokens[None].to(device), return_type="logits")[0]
+    missing = [layer for layer in range(n_layers) if x_in[layer] is None or out[layer] is None]
+    if missing:
+        raise RuntimeError(f"transcoder hooks did not fire for layers {missing}")
+    xs = [x for x in x_in if x is not None]
+    outs = [o for o in out if o is not None]
+    acts, recon, skip = [], [], []
+    with torch.no_grad():
+        for layer in range(n_layers):
+            x = xs[layer]
+            if not torch.isfinite(x).all():
+                raise FloatingPointError(
+                    f"non-finite values at {resolved.inputs[layer].name} (layer {layer} transcoder input)"
+                )
+            a = ts.activation_fn(layer, ts.pre_activations(layer, x.to(ts.device)))
+            if not torch.isfinite(a).all():
+                raise FloatingPointError(f"non-finite feature activations at layer {layer}")
+            acts.append(a.to_sparse().coalesce())
+        for layer in range(n_layers):
+            needed = {s: acts[s] for s in _sources_of(resolved, layer)}
+            recon.append(ts.decode(layer, needed).to(device, outs[layer].dtype))
+            sk = ts.skip(layer, xs[layer].to(ts.device))
+            skip.append(None if sk is None else sk.to(device, outs[layer].dtype))
+    return CleanRun(
+        tokens=tokens.cpu(),
+        x_in=xs,
+        out=outs,
+        recon=recon,
+        skip=skip,
+        acts=acts,
+        frozen=frozen,
+        logits=logits.detach().cpu(),
+        logits_presoftcap=box["pre"].cpu(),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# plans and hooks
+
+
+@dataclass
+class Plan:
+    """Resolved interventions, per layer, as tensors on the transcoders' device.
+
+    Attributes:
+        at: ``layer -> (positions, features, values)`` set values at prompt positions.
+        generated: ``layer -> (features, values, scales)`` feature-wise interventions applied at
+            generated positions (NaN where not given).
+        table: The parsed table with the resolved ``new`` value and ``clean`` activation.
+    """
+
+    at: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    generated: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = field(
+        default_factory=dict
+    )
+    table: pd.DataFrame | None = None
+
+
+def make_plan(
+    table: pd.DataFrame, clean: CleanRun, resolved: ResolvedTranscoders, *, generated: bool = False
+) -> Plan:
+    """Resolve ``scale`` rows to set values (``scale * clean activation``), group by layer."""
+    ts = resolved.transcoders
+    plan = Plan()
+    out = table.copy()
+    clean_acts = np.zeros(len(table))
+    new = np.zeros(len(table))
+    layers = table["layer"].to_numpy(dtype=np.int64)
+    positions = table["position"].to_numpy(dtype=np.int64)
+    features = table["feature"].to_numpy(dtype=np.int64)
+    values = table["value"].to_numpy(dtype=np.float64)
+    scales = table["scale"].to_numpy(dtype=np.float64)
+    for layer in sorted(set(layers.tolist())):
+        idx = np.flatnonzero(layers == layer)
+        pos = as_tensor(positions[idx], ts.device)
+        feat = as_tensor(features[idx], ts.device)
+        a = clean.activation(layer, pos, feat).double().cpu().numpy()
+        value, scale = values[idx], scales[idx]
+        v = np.where(np.isnan(value), scale * a, value)
+        clean_acts[idx] = a
+        new[idx] = v
+        plan.at[layer] = (pos, feat, as_tensor(v, ts.device, ts.dtype))
+        if generated:
+            # feature-wise: the intervention at the latest prompt position wins
+            latest: dict[int, tuple[float, float]] = {}
+            for i in np.argsort(positions[idx], kind="stable").tolist():
+                latest[int(features[idx[i]])] = (float(value[i]), float(scale[i]))
+            vals = np.array(list(latest.values()), dtype=np.float64).reshape(-1, 2)
+            plan.generated[layer] = (
+                as_tensor(list(latest), ts.device),
+                as_tensor(vals[:, 0], ts.device, ts.dtype),
+                as_tensor(vals[:, 1], ts.device, ts.dtype),
+            )
+    out["clean_activation"] = clean_acts
+    out["new_activation"] = new
+    plan.table = out
+    return plan
+
+
+@dataclass
+class Recorded:
+    """Filled by an intervened run: reported activations and target pre-activations."""
+
+    acts: dict[int, torch.Tensor] = field(default_factory=dict)
+    pre: dict[int, torch.Tensor] = field(default_factory=dict)
+    logits_presoftcap: torch.Tensor | None = None
+
+
+def intervened_hooks(
+    model: HookedTransformer,
+    resolved: ResolvedTranscoders,
+    clean: CleanRun,
+    plan: Plan,
+    *,
+    mode: Mode,
+    freeze: bool,
+    targets: Mapping[int, tuple[torch.Tensor, torch.Tensor]],
+    record: Recorded,
+) -> list[tuple[HookSite | str, Any]]:
+    """Hooks that run the prompt (all positions of ``clean``) with ``plan`` applied."""
+    ts = resolved.transcoders
+    live_x: dict[int, torch.Tensor] = {}
+    decoded: dict[int, torch.Tensor] = {}
+    changed: dict[int, bool] = {}
+
+    def frozen(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+        def fn(t: torch.Tensor) -> torch.Tensor:
+            return clean.frozen[name].to(t.dtype)
+
+        return fn
+
+    def read(layer: int) -> Callable[[torch.Tensor], None]:
+        def fn(t: torch.Tensor) -> None:
+            x = t.detach()[0]
+            live_x[layer] = x
+            same_x = torch.equal(x, clean.x_in[layer])
+            inter = plan.at.get(layer)
+            if same_x and inter is None and layer not in targets:
+                acts = clean.acts[layer]
+                record.acts[layer] = acts
+                decoded[layer] = acts
+                changed[layer] = False
+                return
+            pre = ts.pre_activations(layer, x.to(ts.device))
+            if layer in targets:
+                tp, tf = targets[layer]
+                record.pre[layer] = pre[tp, tf].detach()
+            acts = ts.activation_fn(layer, pre)
+            if inter is not None:
+                pos, feat, value = inter
+                acts = acts.clone()
+                acts[pos, feat] = value.to(acts.dtype)
+            sparse = acts.to_sparse().coalesce()
+            record.acts[layer] = sparse
+            if mode == "direct":
+                changed[layer] = inter is not None
+            else:
+                changed[layer] = inter is not None or not same_x
+                decoded[layer] = sparse if changed[layer] else clean.acts[layer]
+
+        return fn
+
+    def write(layer: int) -> Callable[[torch.Tensor], torch.Tensor]:
+        def fn(t: torch.Tensor) -> torch.Tensor:
+            new = clean.out[layer]
+            sources = _sources_of(resolved, layer)
+            if any(changed.get(s, False) for s in sources):
+                if mode == "direct":
+                    delta = _decoder_delta(resolved, clean, plan, sources, layer, new.shape)
+                else:
+                    recon = ts.decode(layer, {s: decoded[s] for s in sources})
+                    delta = recon.to(new.device, new.dtype) - clean.recon[layer]
+                new = new + delta
+            sk0 = clean.skip[layer]
+            x = live_x[layer]
+            if sk0 is not None and not torch.equal(x, clean.x_in[layer]):
+                sk = ts.skip(layer, x.to(ts.device))
+                assert sk is not None
+                new = new + (sk.to(new.device, new.dtype) - sk0)
+            return new[None].to(t.dtype)
+
+        return fn
+
+    def unembed(t: torch.Tensor) -> None:
+        record.logits_presoftcap = t.detach()[0, -1].clone()
+
+    hooks: list[tuple[HookSite | str, Any]] = []
+    if freeze:
+        hooks += [(name, frozen(name)) for name in clean.frozen]
+    hooks += [(site, read(layer)) for layer, site in enumerate(resolved.inputs)]
+    hooks += [(site, write(layer)) for layer, site in enumerate(resolved.outputs)]
+    hooks.append((_unembed_site(), unembed))
+    return hooks
+
+
+def _decoder_delta(
+    resolved: ResolvedTranscoders,
+    clean: CleanRun,
+    plan: Plan,
+    sources: list[int],
+    out_layer: int,
+    shape: torch.Size,
+) -> torch.Tensor:
+    """``sum (new - clean) * decoder`` over the intervened features writing to ``out_layer``."""
+    ts = resolved.transcoders
+    ref = clean.out[out_layer]
+    dtype = torch.promote_types(ref.dtype, torch.float32)
+    out = torch.zeros(shape, dtype=dtype, device=ref.device)
+    for s in sources:
+        if s not in plan.at:
+            continue
+        pos, feat, value = plan.at[s]
+        a = clean.activation(s, pos, feat)
+        dec = ts.decoder_vectors(s, feat, out_layer).detach().to(dtype)
+        d = (value.to(dtype) - a.to(dtype))[:, None] * dec
+        out.index_add_(0, pos.to(out.device), d.to(out.device))
+    return out.to(ref.dtype)
+
+
+def step_hooks(resolved: ResolvedTranscoders, plan: Plan) -> list[tuple[HookSite | str, Any]]:
+    """Hooks for a generation step at generated positions: feature-wise interventions only.
+
+    The model's own MLP output is kept; each intervened feature adds ``(new - live) * decoder``
+    where ``live`` is its activation from the live input and ``new`` the set value, or
+    ``scale * live``.
+    """
+    ts = resolved.transcoders
+    delta: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def read(layer: int) -> Callable[[torch.Tensor], None]:
+        def fn(t: torch.Tensor) -> None:
+            feat, value, scale = plan.generated[layer]
+            x = t.detach()[0]
+            acts = ts.activation_fn(layer, ts.pre_activations(layer, x.to(ts.device)))
+            live = acts[:, feat]  # (k, m)
+            new = torch.where(torch.isnan(value), scale * live, value.expand_as(live))
+            delta[layer] = (feat, new - live)
+
+        return fn
+
+    def write(layer: int) -> Callable[[torch.Tensor], torch.Tensor | None]:
+        sources = [s for s in _sources_of(resolved, layer) if s in plan.generated]
+
+        def fn(t: torch.Tensor) -> torch.Tensor | None:
+            total = None
+            for s in sources:
+                feat, d = delta[s]
+                dec = ts.decoder_vectors(s, feat, layer).detach()  # (m, d_out)
+                add = (d.to(dec.dtype) @ dec).to(t.device, t.dtype)  # (k, d_out)
+                total = add if total is None else total + add
+            return None if total is None else t + total[None]
+
+        return fn
+
+    hooks: list[tuple[HookSite | str, Any]] = []
+    writes = {out for s in plan.generated for out in ts.output_layers(s)}
+    for layer in sorted(plan.generated):
+        hooks.append((resolved.inputs[layer], read(layer)))
+    for layer in sorted(writes):
+        hooks.append((resolved.outputs[layer], write(layer)))
+    return hooks
