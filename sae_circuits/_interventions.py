@@ -27,8 +27,9 @@ import pandas as pd
 import torch
 from transformer_lens import HookedTransformer
 
+from sae_circuits._clean import CleanRun, clean_run, sources_of, unembed_site
 from sae_circuits._intervention_input import as_tensor
-from sae_circuits.hooks import HookSite, scoped_hooks
+from sae_circuits.hooks import HookSite
 from sae_circuits.replacement import ResolvedTranscoders
 
 __all__ = [
@@ -41,129 +42,7 @@ __all__ = [
     "step_hooks",
 ]
 
-_FROZEN_SUFFIXES = ("hook_pattern", "hook_scale")
 Mode = Literal["replacement", "direct"]
-
-
-# --------------------------------------------------------------------------------------------
-# the clean run
-
-
-@dataclass
-class CleanRun:
-    """What a clean forward pass of the prompt recorded (tensors on the model's device).
-
-    Attributes:
-        tokens: ``(n,)`` token ids (CPU).
-        x_in: Per layer, ``(n, d_in)`` transcoder input.
-        out: Per layer, ``(n, d_out)`` MLP output (clean reconstruction + clean error).
-        recon: Per layer, ``(n, d_out)`` clean reconstruction (decoder bias included, no skip).
-        skip: Per layer, ``(n, d_out)`` clean skip term or ``None``.
-        acts: Per layer, ``(n, F)`` sparse COO clean feature activations (transcoders' device).
-        frozen: Hook name -> clean attention pattern / norm scale (when recorded).
-        logits: ``(n, d_vocab)`` logits (CPU).
-        logits_presoftcap: ``(d_vocab,)`` last-position logits before any soft-cap (CPU).
-    """
-
-    tokens: torch.Tensor
-    x_in: list[torch.Tensor]
-    out: list[torch.Tensor]
-    recon: list[torch.Tensor]
-    skip: list[torch.Tensor | None]
-    acts: list[torch.Tensor]
-    frozen: dict[str, torch.Tensor]
-    logits: torch.Tensor
-    logits_presoftcap: torch.Tensor
-
-    def activation(
-        self, layer: int, positions: torch.Tensor, features: torch.Tensor
-    ) -> torch.Tensor:
-        """Clean activations at ``(positions, features)`` of ``layer``: ``(k,)``."""
-        dense = self.acts[layer].to_dense()
-        return dense[positions.to(dense.device), features.to(dense.device)]
-
-
-def _sources_of(resolved: ResolvedTranscoders, out_layer: int) -> list[int]:
-    ts = resolved.transcoders
-    return [s for s in range(out_layer + 1) if out_layer in ts.output_layers(s)]
-
-
-def _unembed_site() -> HookSite:
-    return HookSite("unembed.output", None, "unembed", "post")
-
-
-def clean_run(
-    model: HookedTransformer, tokens: torch.Tensor, resolved: ResolvedTranscoders, *, freeze: bool
-) -> CleanRun:
-    """Run the prompt once, recording what interventions hold fixed.
-
-    Raises:
-        FloatingPointError: Non-finite transcoder inputs, outputs or activations.
-    """
-    ts = resolved.transcoders
-    n_layers = len(resolved.inputs)
-    x_in: list[torch.Tensor | None] = [None] * n_layers
-    out: list[torch.Tensor | None] = [None] * n_layers
-    frozen: dict[str, torch.Tensor] = {}
-    box: dict[str, torch.Tensor] = {}
-
-    def keep(store: list, layer: int) -> Callable[[torch.Tensor], None]:
-        def fn(t: torch.Tensor) -> None:
-            store[layer] = t.detach()[0].clone()
-
-        return fn
-
-    def record(name: str) -> Callable[[torch.Tensor], None]:
-        def fn(t: torch.Tensor) -> None:
-            frozen[name] = t.detach().clone()
-
-        return fn
-
-    def unembed(t: torch.Tensor) -> None:
-        box["pre"] = t.detach()[0, -1].clone()
-
-    hooks: list[tuple[HookSite | str, Any]] = []
-    if freeze:
-        hooks += [(n, record(n)) for n in model.hook_dict if n.endswith(_FROZEN_SUFFIXES)]
-    hooks += [(site, keep(x_in, layer)) for layer, site in enumerate(resolved.inputs)]
-    hooks += [(site, keep(out, layer)) for layer, site in enumerate(resolved.outputs)]
-    hooks.append((_unembed_site(), unembed))
-    device = model.W_E.device
-    with torch.no_grad(), scoped_hooks(model, hooks):
-        logits = model(tokens[None].to(device), return_type="logits")[0]
-    missing = [layer for layer in range(n_layers) if x_in[layer] is None or out[layer] is None]
-    if missing:
-        raise RuntimeError(f"transcoder hooks did not fire for layers {missing}")
-    xs = [x for x in x_in if x is not None]
-    outs = [o for o in out if o is not None]
-    acts, recon, skip = [], [], []
-    with torch.no_grad():
-        for layer in range(n_layers):
-            x = xs[layer]
-            if not torch.isfinite(x).all():
-                raise FloatingPointError(
-                    f"non-finite values at {resolved.inputs[layer].name} (layer {layer} transcoder input)"
-                )
-            a = ts.activation_fn(layer, ts.pre_activations(layer, x.to(ts.device)))
-            if not torch.isfinite(a).all():
-                raise FloatingPointError(f"non-finite feature activations at layer {layer}")
-            acts.append(a.to_sparse().coalesce())
-        for layer in range(n_layers):
-            needed = {s: acts[s] for s in _sources_of(resolved, layer)}
-            recon.append(ts.decode(layer, needed).to(device, outs[layer].dtype))
-            sk = ts.skip(layer, xs[layer].to(ts.device))
-            skip.append(None if sk is None else sk.to(device, outs[layer].dtype))
-    return CleanRun(
-        tokens=tokens.cpu(),
-        x_in=xs,
-        out=outs,
-        recon=recon,
-        skip=skip,
-        acts=acts,
-        frozen=frozen,
-        logits=logits.detach().cpu(),
-        logits_presoftcap=box["pre"].cpu(),
-    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -295,7 +174,7 @@ def intervened_hooks(
     def write(layer: int) -> Callable[[torch.Tensor], torch.Tensor]:
         def fn(t: torch.Tensor) -> torch.Tensor:
             new = clean.out[layer]
-            sources = _sources_of(resolved, layer)
+            sources = sources_of(resolved, layer)
             if any(changed.get(s, False) for s in sources):
                 if mode == "direct":
                     delta = _decoder_delta(resolved, clean, plan, sources, layer, new.shape)
@@ -321,7 +200,7 @@ def intervened_hooks(
         hooks += [(name, frozen(name)) for name in clean.frozen]
     hooks += [(site, read(layer)) for layer, site in enumerate(resolved.inputs)]
     hooks += [(site, write(layer)) for layer, site in enumerate(resolved.outputs)]
-    hooks.append((_unembed_site(), unembed))
+    hooks.append((unembed_site(), unembed))
     return hooks
 
 
@@ -371,7 +250,7 @@ def step_hooks(resolved: ResolvedTranscoders, plan: Plan) -> list[tuple[HookSite
         return fn
 
     def write(layer: int) -> Callable[[torch.Tensor], torch.Tensor | None]:
-        sources = [s for s in _sources_of(resolved, layer) if s in plan.generated]
+        sources = [s for s in sources_of(resolved, layer) if s in plan.generated]
 
         def fn(t: torch.Tensor) -> torch.Tensor | None:
             total = None

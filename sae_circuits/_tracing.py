@@ -27,6 +27,7 @@ import torch
 from torch.func import vjp, vmap
 from transformer_lens import HookedTransformer
 
+from sae_circuits._clean import clean_run
 from sae_circuits._frozen_attention import frozen_mix
 from sae_circuits.hooks import HookSite, scoped_hooks
 from sae_circuits.replacement import ResolvedTranscoders
@@ -197,75 +198,46 @@ def trace(
     device = model.W_E.device
     d_model = model.cfg.d_model
 
-    # 1. the clean forward pass: record everything the frozen model holds fixed
-    frozen = [name for name in model.hook_dict if name.endswith(("hook_pattern", "hook_scale"))]
-    cache: dict[str, torch.Tensor] = {}
-
-    def record(key: str):
-        def fn(t: torch.Tensor) -> None:
-            cache[key] = t.detach()
-
-        return fn
-
-    hooks: list[tuple[HookSite | str, object]] = [(name, record(name)) for name in frozen]
-    hooks += [("hook_embed", record("embed"))]
-    hooks += [
-        (f"blocks.{layer}.hook_resid_pre", record(f"resid{layer}")) for layer in range(n_layers)
-    ]
-    hooks += [(site, record(f"in{layer}")) for layer, site in enumerate(resolved.inputs)]
-    hooks += [(site, record(f"out{layer}")) for layer, site in enumerate(resolved.outputs)]
-    with torch.no_grad(), scoped_hooks(model, hooks):  # type: ignore[arg-type]
-        logits = model(tokens[None].to(device), return_type="logits")[0, -1].detach()
-
-    missing = [
-        layer
-        for layer in range(n_layers)
-        if f"in{layer}" not in cache or f"out{layer}" not in cache
-    ]
-    if missing:
-        raise RuntimeError(f"transcoder hooks did not fire for layers {missing}")
-
-    # 2. features and error vectors
-    acts_by_layer: dict[int, torch.Tensor] = {}
-    f_layer, f_pos, f_idx, f_act = [], [], [], []
-    for layer in range(n_layers):
-        x = cache[f"in{layer}"]
-        if not torch.isfinite(x).all():
-            raise FloatingPointError(
-                f"non-finite values at {resolved.inputs[layer].name} (layer {layer} transcoder input)"
-            )
-        with torch.no_grad():
-            pre = ts.pre_activations(layer, x[0].to(ts.device))
-            acts = ts.activation_fn(layer, pre)
-        if not torch.isfinite(acts).all():
-            raise FloatingPointError(f"non-finite feature activations at layer {layer}")
-        if attention_sink:
-            acts[0] = 0
-        sparse = acts.to_sparse().coalesce()
-        acts_by_layer[layer] = sparse
-        pos, feat = sparse.indices()
-        f_layer.append(torch.full_like(pos, layer))
-        f_pos.append(pos)
-        f_idx.append(feat)
-        f_act.append(sparse.values())
-
-    errors = torch.empty(n_layers, n, d_model, dtype=dtype, device=device)
-    skip_clean: dict[int, torch.Tensor] = {}
-    with torch.no_grad():
-        for layer in range(n_layers):
-            recon = ts.decode(layer, acts_by_layer).to(dtype)
-            skip = ts.skip(layer, cache[f"in{layer}"][0])
-            if skip is not None:
-                skip_clean[layer] = skip.to(dtype)
-                recon = recon + skip_clean[layer]
-            out = cache[f"out{layer}"]
-            if not torch.isfinite(out).all():
-                raise FloatingPointError(f"non-finite values at {resolved.outputs[layer].name}")
-            errors[layer] = out[0] - recon
+    # 1. the clean forward pass: what the frozen model holds fixed
+    record = ["hook_embed", *(f"blocks.{layer}.hook_resid_pre" for layer in range(n_layers))]
+    clean = clean_run(
+        model,
+        tokens,
+        resolved,
+        freeze=True,
+        record=record,
+        last_logits_only=True,
+        attention_sink=attention_sink,
+    )
+    logits = clean.logits[-1]
     if not torch.isfinite(logits).all():
         raise FloatingPointError(
             "non-finite logits: the model's output is not finite on this prompt"
         )
+    cache: dict[str, torch.Tensor] = dict(clean.frozen)
+    for layer in range(n_layers):
+        cache[f"resid{layer}"] = clean.extra[f"blocks.{layer}.hook_resid_pre"]
+        cache[f"out{layer}"] = clean.out[layer][None]
+        if not torch.isfinite(clean.out[layer]).all():
+            raise FloatingPointError(f"non-finite values at {resolved.outputs[layer].name}")
+
+    # 2. features and error vectors (none at an attention sink)
+    f_layer, f_pos, f_idx, f_act = [], [], [], []
+    errors = torch.empty(n_layers, n, d_model, dtype=dtype, device=device)
+    skip_clean: dict[int, torch.Tensor] = {}
+    for layer in range(n_layers):
+        pos, feat = clean.acts[layer].indices()
+        vals = clean.acts[layer].values()
+        f_layer.append(torch.full_like(pos, layer))
+        f_pos.append(pos)
+        f_idx.append(feat)
+        f_act.append(vals)
+        recon = clean.recon[layer]
+        skip = clean.skip[layer]
+        if skip is not None:
+            skip_clean[layer] = skip
+            recon = recon + skip
+        errors[layer] = clean.out[layer] - recon
     if attention_sink:
         errors[:, 0] = 0
 
@@ -311,7 +283,7 @@ def trace(
         feature_idx=feature_idx,
         feature_act=feature_act,
         errors=errors,
-        embeds=cache["embed"][0],
+        embeds=clean.extra["hook_embed"][0],
         resolved=resolved,
         _vjps=vjps,
         _out_shapes=out_shapes,
