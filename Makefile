@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 setup: $(VENV)/.installed
 
 demo: setup
-	$(VENV)/bin/sae-circuits demo
+	$(VENV)/bin/sae-circuits demo -o out/demo
 
 lint: setup
 	$(VENV)/bin/ruff format --check sae_circuits tests benchmarks

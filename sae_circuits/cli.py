@@ -20,7 +20,6 @@ import math
 import sys
 import webbrowser
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -360,61 +359,47 @@ def _serve_cmd(args: argparse.Namespace) -> int:
     return _serve(folder, args.host, args.port, args.allow_remote, args.open)
 
 
-@dataclass(frozen=True)
-class DemoSetup:
-    """What the demo attributes: a model, its transcoders, a prompt, and how to present them.
-
-    Attributes:
-        model: The ``HookedTransformer``.
-        transcoders: The transcoder set.
-        prompt: The prompt.
-        description: One line printed before the results.
-        labels: Automatic feature labels by node id (may be empty).
-    """
-
-    model: Any
-    transcoders: Any
-    prompt: str
-    description: str
-    labels: dict[str, str]
-
-
-def _demo_setup(args: argparse.Namespace) -> DemoSetup:
-    """The demo's example (change here to demo another model)."""
-    model = _tiny_model()
-    transcoders = load_transcoders_by_name(TINY, model, TINY)
-    return DemoSetup(
-        model=model,
-        transcoders=transcoders,
-        prompt=args.prompt,
-        description="built-in example: a random 4-layer Llama-style model with skip transcoders",
-        labels={},
-    )
-
-
 def _demo(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    import sae_circuits as sc
+    from sae_circuits._demo import PROMPT, SOURCE, run_demo
 
     if args.out is not None:
         _check_out(Path(args.out), overwrite=True)
-    setup = _demo_setup(args)
-    graph = sc.attribute(setup.model, setup.prompt, setup.transcoders, progress=not args.quiet)
-    print(setup.description)
-    print(f"prompt: {setup.prompt!r}")
-    print(f"graph: {graph!r}")
+    report = run_demo(transcoders=args.transcoders, progress=not args.quiet)
+    graph = report.graph
+    print(
+        f"toy-facts: a 4-layer model trained in this repository on a synthetic world, with its {args.transcoders} transcoders"
+    )
+    print(f"prompt: {PROMPT!r}")
     print("top logits:")
-    for token, prob in zip(graph.logits["token"], graph.logits["probability"], strict=True):
-        print(f"  {token!s:>8}  p={prob:.3f}")
-    edges = graph.edges()
-    order = np.argsort(-np.abs(edges["weight"].to_numpy()), kind="stable")[:8]
-    print("strongest edges:")
-    for _, e in edges.iloc[order].iterrows():
-        print(f"  {_name(e, 'source')} -> {_name(e, 'target')}: {e['weight']:+.3f}")
+    for token, prob in zip(
+        graph.logits["token"][:5], graph.logits["probability"][:5], strict=False
+    ):
+        print(f"  {token!s:>12}  p={prob:.3f}")
+    print(
+        f"graph: {graph!r}\n  replacement score {report.scores.replacement:.3f}, "
+        f"completeness {report.scores.completeness:.3f}; pruned: {report.pruned!r}"
+    )
+    print("main features of the pruned circuit (by influence on the logits):")
+    for f in report.features.itertuples():
+        print(
+            f"  L{f.layer} #{f.feature:<4} at {f.token!r:<11} {f.label:<32} "
+            f"activation {f.activation:.2f}  influence {f.influence:.3f}"
+        )
+    swap = report.swap
+    n_off = int((swap.interventions["value"] == 0).sum())
+    n_on = len(swap.interventions) - n_off
+    top = swap.top_logits(1).iloc[0]
+    print(
+        f"swap: {n_off} Texas features off at 'dallas', {n_on} California features on "
+        f"(activations from {SOURCE!r})"
+    )
+    print(
+        f"  top logit: {top['before_token']} (p={top['before_probability']:.3f}) -> "
+        f"{top['after_token']} (p={top['after_probability']:.3f})"
+    )
     if args.out is not None:
         out = Path(args.out)
-        _write(out, graph, 0.8, 0.98, slug="demo", labels=setup.labels)
+        _write(out, graph, 0.8, 0.98, slug="toy-facts-dallas", labels=report.labels)
         print(f"view it: sae-circuits serve {out}")
     return 0
 
@@ -567,12 +552,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser(
         "demo",
-        help="run attribution on the built-in example, offline",
-        description="Attribute a prompt on the built-in example model, offline; with -o, also\n"
-        "write a graph folder for `sae-circuits serve`.",
+        help="the Dallas -> Texas -> Austin circuit on the shipped toy model, offline",
+        description="Attribute 'The capital of the state containing Dallas is' on the shipped\n"
+        "toy-facts model, show the pruned circuit's main features, then switch the Texas\n"
+        "features off and the California features (from the Oakland prompt) on. With -o,\n"
+        "also write a graph folder for `sae-circuits serve`.",
         formatter_class=fmt,
     )
-    demo.add_argument("--prompt", default="t5 t9 t3 t7 t2 t8 t11 t4 t6", help="prompt to attribute")
+    demo.add_argument(
+        "--transcoders",
+        choices=("toy-facts", "toy-facts-clt"),
+        default="toy-facts",
+        help="per-layer (toy-facts) or cross-layer (toy-facts-clt) transcoders",
+    )
     demo.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     demo.add_argument("-o", "--out", metavar="OUT", help="also write a graph folder here")
     demo.set_defaults(func=_demo)

@@ -176,7 +176,8 @@ def test_demo_writes_a_folder(tmp_path: Path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "-q", "-o", str(out)]) == 0
     stdout = capsys.readouterr().out
-    assert "strongest edges:" in stdout and "sae-circuits serve" in stdout
+    assert "texas (state of city)" in stdout and "sae-circuits serve" in stdout
+    assert "top logit: austin" in stdout and "-> sacramento" in stdout
     for name in ("graph.zip", "pruned.zip", "graph.json"):
         assert (out / name).is_file(), name
 

@@ -1,6 +1,33 @@
-"""Offline toy models, transcoders and tokenizers (tests, examples, the built-in demo)."""
+"""Offline toy models, transcoders and tokenizers (tests, examples, the built-in demo).
 
+``tiny_model`` / ``tiny_transcoders``: random models for tests. ``load_toy_model`` /
+``load_toy_transcoders``: the shipped "toy-facts" model, trained on a synthetic world of cities
+and states, with trained per-layer and cross-layer transcoders (see ``docs/toy_model.md``).
+"""
+
+from sae_circuits.toy.facts import (
+    load_toy_feature_info,
+    load_toy_labels,
+    load_toy_model,
+    load_toy_transcoders,
+    load_toy_world,
+    toy_transcoders_path,
+)
 from sae_circuits.toy.tiny import ARCHS, HOOKS, tiny_model, tiny_transcoders
 from sae_circuits.toy.tokenizer import word_tokenizer
+from sae_circuits.toy.world import build_world
 
-__all__ = ["ARCHS", "HOOKS", "tiny_model", "tiny_transcoders", "word_tokenizer"]
+__all__ = [
+    "ARCHS",
+    "HOOKS",
+    "build_world",
+    "load_toy_feature_info",
+    "load_toy_labels",
+    "load_toy_model",
+    "load_toy_transcoders",
+    "load_toy_world",
+    "tiny_model",
+    "tiny_transcoders",
+    "toy_transcoders_path",
+    "word_tokenizer",
+]
