@@ -21,6 +21,7 @@ demo: setup
 lint: setup
 	$(VENV)/bin/ruff format --check sae_circuits tests benchmarks
 	$(VENV)/bin/ruff check sae_circuits tests benchmarks
+	$(VENV)/bin/pyright sae_circuits
 
 # Debian's chromium for the viewer's browser tests (Playwright drives it; never
 # `playwright install`, which downloads a browser of its own).

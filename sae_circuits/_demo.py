@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 
 from sae_circuits.attribution import attribute, to_tokens
@@ -77,8 +78,10 @@ def run_demo(*, transcoders: str = "toy-facts", progress: bool = False, top: int
 
     graph = attribute(model, PROMPT, ts, progress=progress)
     pruned = graph.prune()
-    feats = pruned.nodes[pruned.nodes["kind"] == "feature"]
-    feats = feats.sort_values("influence", ascending=False).head(top)
+    nodes = pruned.nodes
+    feature_rows = np.flatnonzero((nodes["kind"] == "feature").to_numpy())
+    influence = nodes["influence"].to_numpy(dtype=float)[feature_rows]
+    feats = nodes.iloc[feature_rows[np.argsort(-influence, kind="stable")[:top]]]
     tokens = model.tokenizer.convert_ids_to_tokens(to_tokens(model, PROMPT).tolist())  # type: ignore[union-attr]
     features = pd.DataFrame(
         {

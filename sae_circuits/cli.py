@@ -380,13 +380,13 @@ def _demo(args: argparse.Namespace) -> int:
         f"completeness {report.scores.completeness:.3f}; pruned: {report.pruned!r}"
     )
     print("main features of the pruned circuit (by influence on the logits):")
-    for f in report.features.itertuples():
+    for _, f in report.features.iterrows():
         print(
-            f"  L{f.layer} #{f.feature:<4} at {f.token!r:<11} {f.label:<32} "
-            f"activation {f.activation:.2f}  influence {f.influence:.3f}"
+            f"  L{f['layer']} #{f['feature']:<4} at {f['token']!r:<11} {f['label']:<32} "
+            f"activation {f['activation']:.2f}  influence {f['influence']:.3f}"
         )
     swap = report.swap
-    n_off = int((swap.interventions["value"] == 0).sum())
+    n_off = int((swap.interventions["value"].to_numpy() == 0).sum())
     n_on = len(swap.interventions) - n_off
     top = swap.top_logits(1).iloc[0]
     print(

@@ -119,7 +119,8 @@ def propagate_chunks(
             absolute = sp.csr_array(
                 (np.abs(rows.data), rows.indices, rows.indptr), shape=rows.shape
             )
-            nxt[: absolute.shape[1]] += absolute.T @ weights
+            contribution = absolute.T @ weights
+            nxt[: len(contribution)] += contribution
         prod = nxt
         if not prod.any():
             return influence

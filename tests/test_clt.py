@@ -13,7 +13,7 @@ from sae_lens import SAE
 from safetensors.torch import load_file, save_file
 
 import sae_circuits as sc
-from sae_circuits.toy import tiny_model
+from sae_circuits.toy import tiny_clt, tiny_model
 from sae_circuits.transcoders import (
     CLT_ARCHITECTURE,
     CrossLayerTranscoder,
@@ -29,28 +29,9 @@ from .oracle import FrozenOracle, sample_sources, worst_column_error
 
 @functools.cache
 def _clt(arch: str, jumprelu: bool, seed: int = 0) -> CrossLayerTranscoder:
-    """A random CLT on the tiny model: calibrated encoders of the per-layer toy transcoders
-    (a few % of features fire), random decoders to every later layer."""
-    model, tcs = build(arch, "jumprelu" if jumprelu else "relu", seed)
-    L, d, F = model.cfg.n_layers, model.cfg.d_model, tcs[0].cfg.d_sae
-    cfg = CrossLayerTranscoderConfig(
-        d_in=d, d_sae=F, d_out=d, n_layers=L, activation="jumprelu" if jumprelu else "relu"
-    )
-    cfg.metadata.hook_name = tcs[0].cfg.metadata.hook_name.replace("blocks.0.", "blocks.{layer}.")
-    cfg.metadata.hook_name_out = tcs[0].cfg.metadata.hook_name_out.replace(
-        "blocks.0.", "blocks.{layer}."
-    )
-    clt = CrossLayerTranscoder(cfg)
-    gen = torch.Generator().manual_seed(seed + 11)
-    with torch.no_grad():
-        clt.W_enc.copy_(torch.stack([tc.W_enc for tc in tcs]))
-        clt.b_enc.copy_(torch.stack([tc.b_enc for tc in tcs]))
-        clt.b_dec.copy_(torch.stack([tc.b_dec for tc in tcs]))
-        if jumprelu:
-            clt.threshold.copy_(torch.stack([tc.threshold for tc in tcs]))  # type: ignore[attr-defined]
-        for layer in range(L):
-            clt.W_dec[layer].copy_(torch.randn(F, L - layer, d, generator=gen) * 2.0 / F**0.5)
-    return clt
+    """A random CLT on the tiny model (calibrated encoders, random decoders to later layers)."""
+    _, tcs = build(arch, "jumprelu" if jumprelu else "relu", seed)
+    return tiny_clt(tcs, seed=seed)
 
 
 def _model_and_clt(arch: str, jumprelu: bool = False):

@@ -12,9 +12,8 @@ import torch
 import sae_circuits as sc
 from sae_circuits.attribution import to_tokens
 from sae_circuits.intervene import compare_with_graph, generate, intervene, predict_changes
+from sae_circuits.toy import tiny_clt
 from sae_circuits.transcoders import (
-    CrossLayerTranscoder,
-    CrossLayerTranscoderConfig,
     CrossLayerTranscoderSet,
 )
 
@@ -23,23 +22,9 @@ from .conftest import PROMPT, assert_same_model, build, model_fingerprint
 CASES = [("gpt2", "relu"), ("llama", "skip"), ("gemma2", "jumprelu"), ("gpt2", "clt")]
 
 
-def _clt_set(model, tcs, seed: int = 0) -> CrossLayerTranscoderSet:
-    """A random CLT: the toy transcoders' calibrated encoders, random decoders to later layers."""
-    L, d, F = model.cfg.n_layers, model.cfg.d_model, tcs[0].cfg.d_sae
-    cfg = CrossLayerTranscoderConfig(d_in=d, d_sae=F, d_out=d, n_layers=L)
-    cfg.metadata.hook_name = tcs[0].cfg.metadata.hook_name.replace("blocks.0.", "blocks.{layer}.")
-    cfg.metadata.hook_name_out = tcs[0].cfg.metadata.hook_name_out.replace(
-        "blocks.0.", "blocks.{layer}."
-    )
-    clt = CrossLayerTranscoder(cfg)
-    gen = torch.Generator().manual_seed(seed + 5)
-    with torch.no_grad():
-        clt.W_enc.copy_(torch.stack([tc.W_enc for tc in tcs]))
-        clt.b_enc.copy_(torch.stack([tc.b_enc for tc in tcs]))
-        clt.b_dec.copy_(torch.stack([tc.b_dec for tc in tcs]))
-        for layer in range(L):
-            clt.W_dec[layer].copy_(torch.randn(F, L - layer, d, generator=gen) * 2.0 / F**0.5)
-    return CrossLayerTranscoderSet.from_sae(clt)
+def _clt_set(tcs, seed: int = 0) -> CrossLayerTranscoderSet:
+    """A random CLT on calibrated toy encoders (random decoders to later layers)."""
+    return CrossLayerTranscoderSet.from_sae(tiny_clt(tcs, seed=seed))
 
 
 @functools.cache
@@ -47,7 +32,7 @@ def _setup(arch: str, kind: str):
     """(model, transcoder set, graph of PROMPT); the model is shared: tests must not change it."""
     if kind == "clt":
         model, tcs = build(arch, "relu")
-        ts = _clt_set(model, tcs)
+        ts = _clt_set(tcs)
     else:
         model, tcs = build(arch, kind)
         ts = sc.load_transcoders(tcs)

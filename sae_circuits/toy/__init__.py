@@ -13,7 +13,7 @@ from sae_circuits.toy.facts import (
     load_toy_world,
     toy_transcoders_path,
 )
-from sae_circuits.toy.tiny import ARCHS, HOOKS, tiny_model, tiny_transcoders
+from sae_circuits.toy.tiny import ARCHS, HOOKS, tiny_clt, tiny_model, tiny_transcoders
 from sae_circuits.toy.tokenizer import word_tokenizer
 from sae_circuits.toy.world import build_world
 
@@ -26,6 +26,7 @@ __all__ = [
     "load_toy_model",
     "load_toy_transcoders",
     "load_toy_world",
+    "tiny_clt",
     "tiny_model",
     "tiny_transcoders",
     "toy_transcoders_path",

@@ -21,7 +21,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from sae_lens import (
@@ -36,7 +36,10 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from sae_circuits.toy.tokenizer import word_tokenizer
 
-__all__ = ["ARCHS", "HOOKS", "tiny_model", "tiny_transcoders"]
+if TYPE_CHECKING:
+    from sae_circuits.transcoders.clt_sae import CrossLayerTranscoder
+
+__all__ = ["ARCHS", "HOOKS", "tiny_clt", "tiny_model", "tiny_transcoders"]
 
 Arch = Literal["gpt2", "llama", "gemma2"]
 Kind = Literal["relu", "jumprelu", "skip"]
@@ -210,3 +213,48 @@ def tiny_transcoders(
                 tc.W_skip.copy_(0.1 * torch.randn(d, d, generator=gen) / d**0.5)
         out.append(tc)
     return out
+
+
+def tiny_clt(transcoders: list[Transcoder], *, seed: int = 0) -> CrossLayerTranscoder:
+    """A random cross-layer transcoder built on calibrated per-layer toy transcoders.
+
+    Encoders (and JumpReLU thresholds) are those of ``transcoders`` (so a few % of features
+    fire); decoders to the feature's own layer and every later one are random.
+
+    Args:
+        transcoders: Per-layer transcoders from :func:`tiny_transcoders` (ReLU or JumpReLU).
+        seed: Seed of the decoders.
+
+    Returns:
+        A :class:`~sae_circuits.transcoders.clt_sae.CrossLayerTranscoder` with ``{layer}`` hook
+        templates taken from the per-layer transcoders.
+    """
+    from sae_circuits.transcoders.clt_sae import CrossLayerTranscoder, CrossLayerTranscoderConfig
+
+    first = transcoders[0]
+    jumprelu = isinstance(first, JumpReLUTranscoder)
+    n_layers, d, n_features = len(transcoders), first.cfg.d_in, first.cfg.d_sae
+    cfg = CrossLayerTranscoderConfig(
+        d_in=d,
+        d_sae=n_features,
+        d_out=first.cfg.d_out,
+        n_layers=n_layers,
+        activation="jumprelu" if jumprelu else "relu",
+    )
+    hook_in, hook_out = first.cfg.metadata.hook_name, first.cfg.metadata.hook_name_out
+    if not hook_in or not hook_out:
+        raise ValueError("tiny_clt: the transcoders' metadata lacks hook_name / hook_name_out")
+    cfg.metadata.hook_name = hook_in.replace("blocks.0.", "blocks.{layer}.")
+    cfg.metadata.hook_name_out = hook_out.replace("blocks.0.", "blocks.{layer}.")
+    clt = CrossLayerTranscoder(cfg)
+    gen = torch.Generator().manual_seed(seed + 11)
+    with torch.no_grad():
+        clt.W_enc.copy_(torch.stack([tc.W_enc for tc in transcoders]))
+        clt.b_enc.copy_(torch.stack([tc.b_enc for tc in transcoders]))
+        clt.b_dec.copy_(torch.stack([tc.b_dec for tc in transcoders]))
+        if jumprelu:
+            clt.threshold.copy_(torch.stack([tc.threshold for tc in transcoders]))  # type: ignore[attr-defined]
+        for layer in range(n_layers):
+            shape = (n_features, n_layers - layer, first.cfg.d_out)
+            clt.W_dec[layer].copy_(torch.randn(shape, generator=gen) * 2.0 / n_features**0.5)
+    return clt
