@@ -84,7 +84,7 @@ class Trace:
     _in_shapes: list[torch.Size]  # per block: the transcoder input
     _writers: list[list[_WriterGroup]]
     _unembed: torch.Tensor  # (d_model, d_vocab)
-    _chunk: int | None  # vmap chunk size (memory bound for long prompts)
+    _chunk: int | None  # targets per backward slice (memory bound for long prompts)
 
     @property
     def n_layers(self) -> int:
@@ -124,6 +124,9 @@ class Trace:
     ) -> torch.Tensor:
         """Direct effects of every source on a batch of targets.
 
+        The batch is back-propagated in slices of at most ``_chunk`` targets, so that working
+        memory stays bounded on long prompts whatever the batch size.
+
         Args:
             layers: ``(B,)`` target layer; ``n_layers`` for a logit (injected at the unembed input).
             positions: ``(B,)`` target position.
@@ -132,6 +135,18 @@ class Trace:
         Returns:
             ``(B, n_sources)`` rows, columns as in :attr:`n_sources`.
         """
+        step = self._chunk or len(layers)
+        if len(layers) <= step:
+            return self._rows(layers, positions, vectors)
+        parts = [
+            self._rows(layers[i : i + step], positions[i : i + step], vectors[i : i + step])
+            for i in range(0, len(layers), step)
+        ]
+        return torch.cat(parts)
+
+    def _rows(
+        self, layers: torch.Tensor, positions: torch.Tensor, vectors: torch.Tensor
+    ) -> torch.Tensor:
         n_layers, n, n_active = self.n_layers, self.n_pos, self.n_active
         device, dtype = self.errors.device, self.errors.dtype
         layers, positions = layers.to(device), positions.to(device)
@@ -155,7 +170,7 @@ class Trace:
             if layer == n_layers - 1 and (layers == n_layers).any():
                 g_out = g_out + injected(self._out_shapes[layer], layers == n_layers)
             g_x = injected(self._in_shapes[layer], layers == layer)
-            g_in, g_src = vmap(self._vjps[layer], chunk_size=self._chunk)((g_out, g_x))
+            g_in, g_src = vmap(self._vjps[layer])((g_out, g_x))
             g = g_src[:, 0].to(dtype)  # (B, n, d)
             for group in self._writers[layer]:
                 out.index_add_(1, group.cols, group.contract(g))
@@ -183,8 +198,8 @@ def trace(
         tokens: ``(n,)`` token ids.
         resolved: Transcoders checked against the model.
         attention_sink: Zero the features and error vectors at position 0.
-        memory_budget: Bytes one batched block backward may use for a ``(pos, d_model)``-sized
-            intermediate across the batch; larger batches are processed in chunks.
+        memory_budget: About how many bytes one batched backward may hold; larger batches of
+            targets are back-propagated in slices.
 
     Returns:
         A :class:`Trace`.
@@ -272,8 +287,10 @@ def trace(
         vjps.append(vjp_fn)
         out_shapes.append(out.shape)
         in_shapes.append(x_in.shape)
-    per_target = n * max(d_model, model.cfg.d_mlp or d_model) * torch.finfo(dtype).bits // 8 * 8
-    chunk = max(1, memory_budget // max(per_target, 1))
+    # a target's backward holds a few dozen (pos, width) tensors; the MLP is not on its path
+    width = max(d_model, model.cfg.n_heads * model.cfg.d_head)
+    per_target = n * width * (torch.finfo(dtype).bits // 8) * 32
+    chunk = max(8, memory_budget // max(per_target, 1))
 
     return Trace(
         tokens=tokens.cpu(),

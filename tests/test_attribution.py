@@ -269,3 +269,24 @@ def test_chunked_influence_equals_stacked():
         term = term @ a
         expect += term
     assert np.allclose(full, expect)
+
+
+def test_backward_in_slices_gives_the_same_graph(monkeypatch):
+    import sae_circuits.attribution as attribution_module
+    from sae_circuits._tracing import trace
+
+    model, tcs = build("llama", "skip")
+    ts = sc.load_transcoders(tcs)
+    whole = sc.attribute(model, PROMPT, ts, batch_size=64)
+    sliced_traces = []
+
+    def small_slices(*args, **kwargs):
+        tr = trace(*args, memory_budget=1, **kwargs)  # slices of the minimum, 8 targets
+        sliced_traces.append(tr)
+        return tr
+
+    monkeypatch.setattr(attribution_module, "trace", small_slices)
+    sliced = sc.attribute(model, PROMPT, ts, batch_size=64)
+    assert sliced_traces and sliced_traces[0]._chunk == 8
+    assert abs(sliced.adjacency - whole.adjacency).max() < 1e-6
+    assert sliced.nodes.equals(whole.nodes)
