@@ -18,7 +18,7 @@ from transformer_lens import HookedTransformer
 from sae_circuits.hooks import HookSite, scoped_hooks
 from sae_circuits.replacement import ResolvedTranscoders
 
-__all__ = ["FROZEN_SUFFIXES", "CleanRun", "clean_run", "sources_of", "unembed_site"]
+__all__ = ["FROZEN_SUFFIXES", "CleanRun", "clean_run", "unembed_site"]
 
 #: Hook points whose clean values the frozen model keeps: attention patterns and norm scales.
 FROZEN_SUFFIXES = ("hook_pattern", "hook_scale")
@@ -59,11 +59,6 @@ class CleanRun:
         """Clean activations at ``(positions, features)`` of ``layer``: ``(k,)``."""
         dense = self.acts[layer].to_dense()
         return dense[positions.to(dense.device), features.to(dense.device)]
-
-
-def sources_of(resolved: ResolvedTranscoders, out_layer: int) -> list[int]:
-    ts = resolved.transcoders
-    return [s for s in range(out_layer + 1) if out_layer in ts.output_layers(s)]
 
 
 def unembed_site() -> HookSite:
@@ -152,7 +147,7 @@ def clean_run(
                 a[0] = 0
             acts.append(a.to_sparse().coalesce())
         for layer in range(n_layers):
-            needed = {s: acts[s] for s in sources_of(resolved, layer)}
+            needed = {s: acts[s] for s in ts.source_layers(layer)}
             recon.append(ts.decode(layer, needed).to(device, outs[layer].dtype))
             sk = ts.skip(layer, xs[layer].to(ts.device))
             skip.append(None if sk is None else sk.to(device, outs[layer].dtype))

@@ -44,13 +44,9 @@ class _MixTranspose(torch.autograd.Function):
 
     @staticmethod
     def vmap(info: Any, in_dims: tuple, grad_z: torch.Tensor, pattern: torch.Tensor, rep: int):
-        if in_dims[1] is not None:  # a batched pattern: no shortcut, use the plain formula
-            pattern = pattern.movedim(in_dims[1], 0)
-            grad_z = grad_z if in_dims[0] is None else grad_z.movedim(in_dims[0], 0)
-            if in_dims[0] is None:
-                grad_z = grad_z.expand(pattern.shape[0], *grad_z.shape)
-            out = torch.einsum("Vbhqk,Vbqhd->Vbkhd", pattern, grad_z.to(pattern.dtype))
-            return _group(out, rep).to(grad_z.dtype), 0
+        # the pattern is a frozen constant: only the gradients carry the batch of targets
+        if in_dims[1] is not None:
+            raise RuntimeError("frozen attention: the pattern must not be batched")
         if in_dims[0] is None:
             return _MixTranspose.apply(grad_z, pattern, rep), None
         batched = grad_z.movedim(in_dims[0], 0)  # (V, b, q, h, d)
@@ -74,14 +70,6 @@ class _FrozenMix(torch.autograd.Function):
         v, pattern, heads = inputs
         ctx.save_for_backward(pattern)
         ctx.rep = heads // v.shape[2]
-
-    @staticmethod
-    def vmap(info: Any, in_dims: tuple, v: torch.Tensor, pattern: torch.Tensor, heads: int):
-        batch = info.batch_size
-        v0 = v if in_dims[0] is None else v.movedim(in_dims[0], 0)[0]
-        p0 = pattern if in_dims[1] is None else pattern.movedim(in_dims[1], 0)[0]
-        zeros = _FrozenMix.apply(v0, p0, heads)
-        return zeros.expand(batch, *zeros.shape).contiguous(), 0
 
     @staticmethod
     def backward(ctx: Any, grad_z: torch.Tensor) -> Any:  # type: ignore[override]

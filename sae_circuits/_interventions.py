@@ -27,7 +27,7 @@ import pandas as pd
 import torch
 from transformer_lens import HookedTransformer
 
-from sae_circuits._clean import CleanRun, clean_run, sources_of, unembed_site
+from sae_circuits._clean import CleanRun, clean_run, unembed_site
 from sae_circuits._intervention_input import as_tensor
 from sae_circuits.hooks import HookSite
 from sae_circuits.replacement import ResolvedTranscoders
@@ -174,7 +174,7 @@ def intervened_hooks(
     def write(layer: int) -> Callable[[torch.Tensor], torch.Tensor]:
         def fn(t: torch.Tensor) -> torch.Tensor:
             new = clean.out[layer]
-            sources = sources_of(resolved, layer)
+            sources = resolved.transcoders.source_layers(layer)
             if any(changed.get(s, False) for s in sources):
                 if mode == "direct":
                     delta = _decoder_delta(resolved, clean, plan, sources, layer, new.shape)
@@ -250,7 +250,7 @@ def step_hooks(resolved: ResolvedTranscoders, plan: Plan) -> list[tuple[HookSite
         return fn
 
     def write(layer: int) -> Callable[[torch.Tensor], torch.Tensor | None]:
-        sources = [s for s in sources_of(resolved, layer) if s in plan.generated]
+        sources = [s for s in resolved.transcoders.source_layers(layer) if s in plan.generated]
 
         def fn(t: torch.Tensor) -> torch.Tensor | None:
             total = None

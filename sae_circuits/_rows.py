@@ -48,12 +48,6 @@ class RowStore:
         """``(row nodes, rows)`` of every stored chunk, in the order they were added."""
         return list(zip(self._nodes, self._chunks, strict=True))
 
-    def matrix(self) -> tuple[np.ndarray, sp.csr_array]:
-        """The row nodes and all rows so far, ``(R,)`` and ``(R, n_sources)``."""
-        if not self._chunks:
-            return np.zeros(0, np.int64), sp.csr_array((0, self.n_sources), dtype=np.float32)
-        return np.concatenate(self._nodes), sp.vstack(self._chunks, format="csr")  # type: ignore[return-value]
-
     def assemble(self, row_map: np.ndarray, col_map: np.ndarray, n_nodes: int) -> sp.csr_array:
         """Build the final ``(n_nodes, n_nodes)`` adjacency and empty the store.
 

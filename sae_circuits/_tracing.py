@@ -265,9 +265,7 @@ def trace(
     with torch.no_grad():
         for out_layer in range(n_layers):
             cols, vecs, poss = [], [], []
-            for src in range(out_layer + 1):
-                if out_layer not in ts.output_layers(src):
-                    continue
+            for src in ts.source_layers(out_layer):
                 sel = torch.nonzero(feature_layer == src).flatten()
                 if len(sel) == 0:
                     continue

@@ -160,7 +160,7 @@ def replacement(
 
     def write(layer: int) -> Callable[[torch.Tensor], torch.Tensor]:
         def fn(out: torch.Tensor) -> torch.Tensor:
-            needed = {s: dense[s] for s in range(layer + 1) if layer in ts.output_layers(s)}
+            needed = {s: dense[s] for s in ts.source_layers(layer)}
             recon = ts.decode(layer, needed)
             skip = ts.skip(layer, inputs[layer])
             if skip is not None:

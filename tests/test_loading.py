@@ -98,3 +98,11 @@ def test_hooks_in_the_wrong_block_or_missing():
     ts = sc.load_transcoders(tcs, output_hook="hook_resid_post")
     with pytest.raises(sc.HookNotFoundError, match="valid choices"):
         sc.attribute(model, [0, 3, 4], ts)
+
+
+def test_source_layers_per_layer_and_cross_layer():
+    _, tcs = build("gpt2")
+    per_layer = sc.load_transcoders(tcs)
+    assert [per_layer.source_layers(out) for out in range(3)] == [[0], [1], [2]]
+    clt = sc.CrossLayerTranscoderSet.from_sae(sc.toy.tiny_clt(tcs))
+    assert [clt.source_layers(out) for out in range(3)] == [[0], [0, 1], [0, 1, 2]]

@@ -67,6 +67,10 @@ class TranscoderSet(abc.ABC):
     def output_layers(self, layer: int) -> range:
         """The layers whose outputs the features of ``layer`` write to."""
 
+    def source_layers(self, out_layer: int) -> list[int]:
+        """The layers whose features write to ``out_layer`` (``[out_layer]`` for per-layer sets)."""
+        return [s for s in range(out_layer + 1) if out_layer in self.output_layers(s)]
+
     @abc.abstractmethod
     def pre_activations(self, layer: int, x: torch.Tensor) -> torch.Tensor:
         """Encoder pre-activations ``x @ W_enc + b_enc``: ``(n, d_in) -> (n, F)``."""
