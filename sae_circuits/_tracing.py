@@ -20,7 +20,7 @@ there (``a_s * W_dec[s]`` for features, the error vectors, the token embeddings)
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -124,9 +124,6 @@ class Trace:
     ) -> torch.Tensor:
         """Direct effects of every source on a batch of targets.
 
-        The batch is back-propagated in slices of at most ``_chunk`` targets, so that working
-        memory stays bounded on long prompts whatever the batch size.
-
         Args:
             layers: ``(B,)`` target layer; ``n_layers`` for a logit (injected at the unembed input).
             positions: ``(B,)`` target position.
@@ -135,24 +132,41 @@ class Trace:
         Returns:
             ``(B, n_sources)`` rows, columns as in :attr:`n_sources`.
         """
-        step = self._chunk or len(layers)
-        if len(layers) <= step:
-            return self._rows(layers, positions, vectors)
-        parts = [
-            self._rows(layers[i : i + step], positions[i : i + step], vectors[i : i + step])
-            for i in range(0, len(layers), step)
-        ]
-        return torch.cat(parts)
+        return torch.cat([block for _, block in self.row_slices(layers, positions, vectors)])
 
-    def _rows(
+    def row_slices(
         self, layers: torch.Tensor, positions: torch.Tensor, vectors: torch.Tensor
-    ) -> torch.Tensor:
+    ) -> Iterator[tuple[int, torch.Tensor]]:
+        """:meth:`rows` in slices of at most ``_chunk`` targets, as they are computed.
+
+        Working memory stays bounded on long prompts whatever the batch size: one slice's
+        backward and one slice's ``(b, n_sources)`` rows are alive at a time.
+
+        Yields:
+            ``(offset, rows)``: the slice's first index into the batch, its ``(b, n_sources)`` rows.
+        """
+        step = self._chunk or len(layers)
+        device, dtype = self.errors.device, self.errors.dtype
+        for i in range(0, len(layers), step):
+            part = slice(i, i + step)
+            out = torch.zeros(len(layers[part]), self.n_sources, dtype=dtype, device=device)
+            self._rows(layers[part], positions[part], vectors[part], out)
+            yield i, out
+
+    @torch.no_grad()
+    def _rows(
+        self,
+        layers: torch.Tensor,
+        positions: torch.Tensor,
+        vectors: torch.Tensor,
+        out: torch.Tensor,
+    ) -> None:
+        """One slice of :meth:`rows`, written into ``out`` (``(B, n_sources)``, zeros)."""
         n_layers, n, n_active = self.n_layers, self.n_pos, self.n_active
         device, dtype = self.errors.device, self.errors.dtype
         layers, positions = layers.to(device), positions.to(device)
         vectors = vectors.to(device, dtype)
         batch = len(layers)
-        out = torch.zeros(batch, self.n_sources, dtype=dtype, device=device)
         bidx = torch.arange(batch, device=device)
 
         def injected(shape: torch.Size, mask: torch.Tensor) -> torch.Tensor:
@@ -180,7 +194,6 @@ class Trace:
         if grad is not None:  # hook_embed adds straight into block 0's input
             base = n_active + n_layers * n
             out[:, base : base + n] = _per_position_dot(grad[:, 0].to(dtype), self.embeds)
-        return out
 
 
 def trace(
@@ -189,7 +202,7 @@ def trace(
     resolved: ResolvedTranscoders,
     *,
     attention_sink: bool = True,
-    memory_budget: int = 2**28,
+    memory_budget: int | None = None,
 ) -> Trace:
     """Run the clean forward pass of ``tokens`` and build the frozen blocks' VJPs.
 
@@ -199,7 +212,9 @@ def trace(
         resolved: Transcoders checked against the model.
         attention_sink: Zero the features and error vectors at position 0.
         memory_budget: About how many bytes one batched backward may hold; larger batches of
-            targets are back-propagated in slices.
+            targets are back-propagated in slices. ``None``: 32 MiB on CPU (small slices stay in
+            cache and are no slower there, and the allocator keeps what a large one took),
+            1 GiB on an accelerator (large slices keep it busy).
 
     Returns:
         A :class:`Trace`.
@@ -281,13 +296,18 @@ def trace(
     for layer in range(n_layers):
         block = _FrozenBlock(model, resolved, layer, cache, skip_clean.get(layer))
         resid = cache[f"resid{layer}"]
-        (out, x_in), vjp_fn = vjp(block, resid, torch.zeros_like(cache[f"out{layer}"]))  # type: ignore[misc]
+        # an outer no_grad: the model's parameters require grad, and without it every row
+        # batch would record (and hold on to) an autograd graph of its own backward pass
+        with torch.no_grad():
+            (out, x_in), vjp_fn = vjp(block, resid, torch.zeros_like(cache[f"out{layer}"]))  # type: ignore[misc]
         vjps.append(vjp_fn)
         out_shapes.append(out.shape)
         in_shapes.append(x_in.shape)
     # a target's backward holds a few dozen (pos, width) tensors; the MLP is not on its path
     width = max(d_model, model.cfg.n_heads * model.cfg.d_head)
     per_target = n * width * (torch.finfo(dtype).bits // 8) * 32
+    if memory_budget is None:
+        memory_budget = 2**25 if device.type == "cpu" else 2**30
     chunk = max(8, memory_budget // max(per_target, 1))
 
     return Trace(

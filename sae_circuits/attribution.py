@@ -112,12 +112,14 @@ def attribute(
         logit_vecs = tr.logit_vectors(logit_ids)
         for lo in range(0, len(logit_ids), batch_size):
             hi = min(lo + batch_size, len(logit_ids))
-            block = tr.rows(
+            slices = tr.row_slices(
                 torch.full((hi - lo,), tr.n_layers),
                 torch.full((hi - lo,), tr.n_pos - 1),
                 logit_vecs[lo:hi],
             )
-            rows.add(np.arange(tr.n_sources + lo, tr.n_sources + hi), block)
+            for off, block in slices:
+                start = tr.n_sources + lo + off
+                rows.add(np.arange(start, start + len(block)), block)
             bar.update(hi - lo)
         visited = _visit_features(tr, rows, logit_probs, n_select, batch_size, update_interval, bar)
     finally:
@@ -274,8 +276,11 @@ def _visit_features(
         for lo in range(0, len(pending), batch_size):
             idx = pending[lo : lo + batch_size]
             sel = torch.from_numpy(idx)
-            block = tr.rows(tr.feature_layer[sel], tr.feature_pos[sel], tr.encoder_vectors(sel))
-            rows.add(idx, block)
+            slices = tr.row_slices(
+                tr.feature_layer[sel], tr.feature_pos[sel], tr.encoder_vectors(sel)
+            )
+            for off, block in slices:
+                rows.add(idx[off : off + len(block)], block)
             visited[idx] = True
             n_visited += len(idx)
             bar.update(len(idx))

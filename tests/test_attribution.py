@@ -8,7 +8,7 @@ import scipy.sparse as sp
 import torch
 
 import sae_circuits as sc
-from sae_circuits.attribution import select_logits
+from sae_circuits.attribution import select_logits, to_tokens
 
 from .conftest import PROMPT, assert_same_model, build, model_fingerprint
 from .oracle import FrozenOracle, sample_sources, worst_column_error
@@ -290,3 +290,27 @@ def test_backward_in_slices_gives_the_same_graph(monkeypatch):
     assert sliced_traces and sliced_traces[0]._chunk == 8
     assert abs(sliced.adjacency - whole.adjacency).max() < 1e-6
     assert sliced.nodes.equals(whole.nodes)
+
+
+def test_rows_hold_no_autograd_graph():
+    """The model's parameters require grad; rows must still come out as plain tensors.
+
+    A row batch that recorded the graph of its own backward pass would keep every intermediate
+    of that pass alive for as long as the rows live (it once tripled the peak memory).
+    """
+    from sae_circuits._tracing import trace
+    from sae_circuits.replacement import check_compatible
+
+    model, tcs = build("llama", "relu")
+    assert any(p.requires_grad for p in model.parameters())
+    tokens = to_tokens(model, PROMPT)
+    tr = trace(model, tokens, check_compatible(model, sc.load_transcoders(tcs)), memory_budget=1)
+    sel = torch.arange(min(20, tr.n_active))
+    layers, positions = tr.feature_layer[sel], tr.feature_pos[sel]
+    slices = list(tr.row_slices(layers, positions, tr.encoder_vectors(sel)))
+    assert [off for off, _ in slices] == list(range(0, len(sel), 8))
+    for _, block in slices:
+        assert block.grad_fn is None and not block.requires_grad
+    whole = tr.rows(layers, positions, tr.encoder_vectors(sel))
+    assert torch.equal(whole, torch.cat([block for _, block in slices]))
+    assert whole.abs().sum() > 0
