@@ -32,7 +32,7 @@ from sae_circuits._frozen_attention import frozen_mix
 from sae_circuits.hooks import HookSite, scoped_hooks
 from sae_circuits.replacement import ResolvedTranscoders
 
-__all__ = ["Trace", "trace"]
+__all__ = ["RowSlice", "Trace", "trace"]
 
 
 @dataclass
@@ -132,26 +132,36 @@ class Trace:
         Returns:
             ``(B, n_sources)`` rows, columns as in :attr:`n_sources`.
         """
-        return torch.cat([block for _, block in self.row_slices(layers, positions, vectors)])
+        parts = []
+        for part in self.row_slices(layers, positions, vectors):
+            full = part.values.new_zeros(len(part.values), self.n_sources)
+            full[:, : part.n_features] = part.values[:, : part.n_features]
+            full[:, self.n_active :] = part.values[:, part.n_features :]
+            parts.append(full)
+        return torch.cat(parts)
 
     def row_slices(
         self, layers: torch.Tensor, positions: torch.Tensor, vectors: torch.Tensor
-    ) -> Iterator[tuple[int, torch.Tensor]]:
+    ) -> Iterator[RowSlice]:
         """:meth:`rows` in slices of at most ``_chunk`` targets, as they are computed.
 
         Working memory stays bounded on long prompts whatever the batch size: one slice's
-        backward and one slice's ``(b, n_sources)`` rows are alive at a time.
+        backward and one slice's rows are alive at a time. A slice leaves out the feature columns
+        that cannot be sources of its targets (features at or above its highest target layer).
 
         Yields:
-            ``(offset, rows)``: the slice's first index into the batch, its ``(b, n_sources)`` rows.
+            A :class:`RowSlice` per slice.
         """
         step = self._chunk or len(layers)
         device, dtype = self.errors.device, self.errors.dtype
+        n_other = (self.n_layers + 1) * self.n_pos
         for i in range(0, len(layers), step):
             part = slice(i, i + step)
-            out = torch.zeros(len(layers[part]), self.n_sources, dtype=dtype, device=device)
-            self._rows(layers[part], positions[part], vectors[part], out)
-            yield i, out
+            top = int(layers[part].max())
+            n_features = int(torch.searchsorted(self.feature_layer, top, side="left"))
+            out = torch.zeros(len(layers[part]), n_features + n_other, dtype=dtype, device=device)
+            self._rows(layers[part], positions[part], vectors[part], out, n_features)
+            yield RowSlice(offset=i, values=out, n_features=n_features)
 
     @torch.no_grad()
     def _rows(
@@ -160,14 +170,16 @@ class Trace:
         positions: torch.Tensor,
         vectors: torch.Tensor,
         out: torch.Tensor,
+        n_features: int,
     ) -> None:
-        """One slice of :meth:`rows`, written into ``out`` (``(B, n_sources)``, zeros)."""
-        n_layers, n, n_active = self.n_layers, self.n_pos, self.n_active
+        """One slice of :meth:`row_slices`, written into ``out`` (zeros, its layout)."""
+        n_layers, n = self.n_layers, self.n_pos
         device, dtype = self.errors.device, self.errors.dtype
         layers, positions = layers.to(device), positions.to(device)
         vectors = vectors.to(device, dtype)
         batch = len(layers)
         bidx = torch.arange(batch, device=device)
+        top = int(layers.max())
 
         def injected(shape: torch.Size, mask: torch.Tensor) -> torch.Tensor:
             inject = torch.zeros((batch, *shape), dtype=dtype, device=device)
@@ -175,7 +187,7 @@ class Trace:
             return inject
 
         grad: torch.Tensor | None = None
-        for layer in range(min(int(layers.max()), n_layers - 1), -1, -1):
+        for layer in range(min(top, n_layers - 1), -1, -1):
             g_out = (
                 grad
                 if grad is not None
@@ -185,15 +197,35 @@ class Trace:
                 g_out = g_out + injected(self._out_shapes[layer], layers == n_layers)
             g_x = injected(self._in_shapes[layer], layers == layer)
             g_in, g_src = vmap(self._vjps[layer])((g_out, g_x))
+            grad = g_in
+            if layer == top:  # the targets read this block's MLP input: its output is after
+                continue
             g = g_src[:, 0].to(dtype)  # (B, n, d)
             for group in self._writers[layer]:
                 out.index_add_(1, group.cols, group.contract(g))
-            base = n_active + layer * n
+            base = n_features + layer * n
             out[:, base : base + n] = _per_position_dot(g, self.errors[layer])
-            grad = g_in
         if grad is not None:  # hook_embed adds straight into block 0's input
-            base = n_active + n_layers * n
+            base = n_features + n_layers * n
             out[:, base : base + n] = _per_position_dot(grad[:, 0].to(dtype), self.embeds)
+
+
+@dataclass(frozen=True)
+class RowSlice:
+    """Rows of a slice of targets, without the feature columns that are zero by construction.
+
+    Attributes:
+        offset: Index of the slice's first target in the batch.
+        values: ``(b, n_features + (n_layers + 1) * n)``: the first ``n_features`` columns are
+            source columns ``0..n_features-1`` (the active features below the slice's highest
+            target layer); the rest are the error and token columns (source columns
+            ``n_active..n_sources-1``).
+        n_features: Feature columns kept.
+    """
+
+    offset: int
+    values: torch.Tensor
+    n_features: int
 
 
 def trace(

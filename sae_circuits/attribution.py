@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from sae_circuits._rows import RowStore
-from sae_circuits._tracing import Trace, trace
+from sae_circuits._tracing import RowSlice, Trace, trace
 from sae_circuits._version import __version__
 from sae_circuits.graph import AttributionGraph
 from sae_circuits.influence import propagate_chunks
@@ -117,9 +117,11 @@ def attribute(
                 torch.full((hi - lo,), tr.n_pos - 1),
                 logit_vecs[lo:hi],
             )
-            for off, block in slices:
-                start = tr.n_sources + lo + off
-                rows.add(np.arange(start, start + len(block)), block)
+            for part in slices:
+                start = tr.n_sources + lo + part.offset
+                rows.add(
+                    np.arange(start, start + len(part.values)), part.values, gap=_gap(tr, part)
+                )
             bar.update(hi - lo)
         visited = _visit_features(tr, rows, logit_probs, n_select, batch_size, update_interval, bar)
     finally:
@@ -279,12 +281,18 @@ def _visit_features(
             slices = tr.row_slices(
                 tr.feature_layer[sel], tr.feature_pos[sel], tr.encoder_vectors(sel)
             )
-            for off, block in slices:
-                rows.add(idx[off : off + len(block)], block)
+            for part in slices:
+                nodes = idx[part.offset : part.offset + len(part.values)]
+                rows.add(nodes, part.values, gap=_gap(tr, part))
             visited[idx] = True
             n_visited += len(idx)
             bar.update(len(idx))
     return np.flatnonzero(visited)
+
+
+def _gap(tr: Trace, part: RowSlice) -> tuple[int, int]:
+    """The feature columns a slice leaves out, as :meth:`RowStore.add` takes them."""
+    return part.n_features, tr.n_active - part.n_features
 
 
 def _partial_influence(rows: RowStore, n_sources: int, logit_probs: np.ndarray) -> np.ndarray:

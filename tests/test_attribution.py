@@ -303,14 +303,33 @@ def test_rows_hold_no_autograd_graph():
 
     model, tcs = build("llama", "relu")
     assert any(p.requires_grad for p in model.parameters())
-    tokens = to_tokens(model, PROMPT)
-    tr = trace(model, tokens, check_compatible(model, sc.load_transcoders(tcs)), memory_budget=1)
+    resolved = check_compatible(model, sc.load_transcoders(tcs))
+    tr = trace(model, to_tokens(model, PROMPT), resolved, memory_budget=1)
     sel = torch.arange(min(20, tr.n_active))
-    layers, positions = tr.feature_layer[sel], tr.feature_pos[sel]
-    slices = list(tr.row_slices(layers, positions, tr.encoder_vectors(sel)))
-    assert [off for off, _ in slices] == list(range(0, len(sel), 8))
-    for _, block in slices:
-        assert block.grad_fn is None and not block.requires_grad
-    whole = tr.rows(layers, positions, tr.encoder_vectors(sel))
-    assert torch.equal(whole, torch.cat([block for _, block in slices]))
-    assert whole.abs().sum() > 0
+    args = tr.feature_layer[sel], tr.feature_pos[sel], tr.encoder_vectors(sel)
+    slices = list(tr.row_slices(*args))
+    assert [p.offset for p in slices] == list(range(0, len(sel), 8))
+    for part in slices:
+        assert part.values.grad_fn is None and not part.values.requires_grad
+
+
+def test_row_slices_leave_out_only_zero_feature_columns():
+    """A slice drops the features at or above its top layer; the rows are those of one pass."""
+    from sae_circuits._tracing import trace
+    from sae_circuits.replacement import check_compatible
+
+    model, tcs = build("gemma2", "relu")
+    resolved = check_compatible(model, sc.load_transcoders(tcs))
+    tokens = to_tokens(model, PROMPT)
+    sliced = trace(model, tokens, resolved, memory_budget=1)  # 8 targets a slice
+    whole = trace(model, tokens, resolved, memory_budget=2**40)
+    order = torch.argsort(sliced.feature_layer, stable=True)  # slices of growing top layer
+    args = sliced.feature_layer[order], sliced.feature_pos[order], sliced.encoder_vectors(order)
+    kept = {part.n_features for part in sliced.row_slices(*args)}
+    assert len(kept) > 1 and min(kept) < sliced.n_active  # some slices did leave columns out
+    rows_sliced, rows_whole = sliced.rows(*args), whole.rows(*args)
+    assert torch.allclose(rows_sliced, rows_whole, rtol=1e-5, atol=1e-7)
+    # nothing at or above a target's layer is a source of it
+    above = sliced.feature_layer[None, :] >= args[0][:, None]
+    assert not rows_whole[:, : sliced.n_active][above].any()
+    assert rows_whole.abs().sum() > 0
