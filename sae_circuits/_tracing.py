@@ -141,18 +141,24 @@ class Trace:
         return torch.cat(parts)
 
     def row_slices(
-        self, layers: torch.Tensor, positions: torch.Tensor, vectors: torch.Tensor
+        self,
+        layers: torch.Tensor,
+        positions: torch.Tensor,
+        vectors: torch.Tensor,
+        *,
+        max_slice: int | None = None,
     ) -> Iterator[RowSlice]:
-        """:meth:`rows` in slices of at most ``_chunk`` targets, as they are computed.
+        """:meth:`rows` in slices of targets, as they are computed.
 
-        Working memory stays bounded on long prompts whatever the batch size: one slice's
-        backward and one slice's rows are alive at a time. A slice leaves out the feature columns
-        that cannot be sources of its targets (features at or above its highest target layer).
+        Working memory stays bounded on long prompts whatever the batch size: a slice holds at
+        most ``_chunk`` targets (from the memory budget) and ``max_slice``; one slice's backward
+        and one slice's rows are alive at a time. A slice leaves out the feature columns that
+        cannot be sources of its targets (features at or above its highest target layer).
 
         Yields:
             A :class:`RowSlice` per slice.
         """
-        step = self._chunk or len(layers)
+        step = min(self._chunk or len(layers), max_slice or len(layers))
         device, dtype = self.errors.device, self.errors.dtype
         n_other = (self.n_layers + 1) * self.n_pos
         for i in range(0, len(layers), step):

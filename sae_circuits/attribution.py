@@ -76,7 +76,9 @@ def attribute(
         desired_logit_prob: Keep the smallest top-k logits whose probability reaches this.
         max_feature_nodes: Visit at most this many features, in order of influence on the
             logits; ``None`` for all active features.
-        batch_size: Targets per backward pass.
+        batch_size: Targets per backward pass, at most (long prompts use smaller slices, to
+            stay within a memory budget); with ``max_feature_nodes``, also the unit of the
+            exploration schedule (re-ranking every ``update_interval * batch_size`` features).
         update_interval: Batches between re-rankings of the features (with ``max_feature_nodes``).
         attention_sink: Treat position 0 as an attention sink: no features or error vector there.
         progress: Show a progress bar; default: when stderr is a terminal.
@@ -116,6 +118,7 @@ def attribute(
                 torch.full((hi - lo,), tr.n_layers),
                 torch.full((hi - lo,), tr.n_pos - 1),
                 logit_vecs[lo:hi],
+                max_slice=batch_size,
             )
             for part in slices:
                 start = tr.n_sources + lo + part.offset
@@ -272,21 +275,26 @@ def _visit_features(
             rank = torch.argsort(torch.from_numpy(influence[:n_active]), descending=True).numpy()
             queue = min(update_interval * batch_size, n_select - n_visited)
             pending = rank[~visited[rank]][:queue]
-        if n_select == n_active:
-            # all rows: order by layer so that each batch stops low in the model
-            pending = pending[np.argsort(tr.feature_layer.numpy()[pending], kind="stable")]
-        for lo in range(0, len(pending), batch_size):
-            idx = pending[lo : lo + batch_size]
+        # the order within a queue changes nothing but speed: one layer at a time, so that
+        # each backward pass stops at its layer (and leaves out the features above it)
+        layer_of = tr.feature_layer.numpy()[pending]
+        order = np.argsort(layer_of, kind="stable")
+        pending, layer_of = pending[order], layer_of[order]
+        bounds = np.flatnonzero(np.diff(layer_of)) + 1
+        for idx in np.split(pending, bounds):
             sel = torch.from_numpy(idx)
             slices = tr.row_slices(
-                tr.feature_layer[sel], tr.feature_pos[sel], tr.encoder_vectors(sel)
+                tr.feature_layer[sel],
+                tr.feature_pos[sel],
+                tr.encoder_vectors(sel),
+                max_slice=batch_size,
             )
             for part in slices:
                 nodes = idx[part.offset : part.offset + len(part.values)]
                 rows.add(nodes, part.values, gap=_gap(tr, part))
+                bar.update(len(nodes))
             visited[idx] = True
             n_visited += len(idx)
-            bar.update(len(idx))
     return np.flatnonzero(visited)
 
 

@@ -333,3 +333,28 @@ def test_row_slices_leave_out_only_zero_feature_columns():
     above = sliced.feature_layer[None, :] >= args[0][:, None]
     assert not rows_whole[:, : sliced.n_active][above].any()
     assert rows_whole.abs().sum() > 0
+
+
+def test_backward_slices_hold_one_layer_and_at_most_batch_size(monkeypatch):
+    from sae_circuits._tracing import Trace
+
+    model, tcs = build("gpt2", "relu")
+    ts = sc.load_transcoders(tcs)
+    seen: list[tuple[int, set[int]]] = []
+    real = Trace._rows
+
+    def spy(self, layers, *rest):
+        seen.append((len(layers), set(layers.tolist())))
+        return real(self, layers, *rest)
+
+    monkeypatch.setattr(Trace, "_rows", spy)
+    small = sc.attribute(model, PROMPT, ts, batch_size=5)
+    assert seen and all(n <= 5 and len(layers) == 1 for n, layers in seen)
+    assert sum(n for n, _ in seen) == small.metadata["n_active_features"] + len(small.logits)
+    seen.clear()
+    large = sc.attribute(model, PROMPT, ts, batch_size=10_000)
+    assert all(len(layers) == 1 for _, layers in seen)  # a whole layer per pass here
+    n_layers = model.cfg.n_layers  # the logits' layer: one pass for them, one per feature layer
+    assert len(seen) == 1 + len({layer for _, ls in seen for layer in ls if layer < n_layers})
+    assert abs(small.adjacency - large.adjacency).max() < 1e-6
+    assert small.nodes.equals(large.nodes)
