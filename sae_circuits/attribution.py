@@ -276,9 +276,10 @@ def _visit_features(
             queue = min(update_interval * batch_size, n_select - n_visited)
             pending = rank[~visited[rank]][:queue]
         # the order within a queue changes nothing but speed: one layer at a time, so that
-        # each backward pass stops at its layer (and leaves out the features above it)
+        # each backward pass stops at its layer (and leaves out the features above it), and
+        # by position, so that each pass's attention backward stops at its last position
         layer_of = tr.feature_layer.numpy()[pending]
-        order = np.argsort(layer_of, kind="stable")
+        order = np.lexsort((tr.feature_pos.numpy()[pending], layer_of))
         pending, layer_of = pending[order], layer_of[order]
         bounds = np.flatnonzero(np.diff(layer_of)) + 1
         for idx in np.split(pending, bounds):
