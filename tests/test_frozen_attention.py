@@ -40,12 +40,17 @@ def test_batched_backward_equals_the_dense_transpose(causal, rep):
         assert torch.allclose(single, expect[1], rtol=0, atol=1e-12)
 
 
-def test_a_non_causal_pattern_is_not_cut_at_the_last_query():
-    gen = torch.Generator().manual_seed(1)
-    pattern = _pattern(gen, 2, 6, causal=False)
-    v = torch.randn(1, 6, 2, 2, generator=gen, dtype=torch.float64)
+def _two_head_vjp(seed: int, n: int, causal: bool):
+    """A 2-head frozen mix over ``n`` positions: its pattern, VJP and zero ``(2, 1, n, 2, 2)`` grads."""
+    gen = torch.Generator().manual_seed(seed)
+    pattern = _pattern(gen, 2, n, causal=causal)
+    v = torch.randn(1, n, 2, 2, generator=gen, dtype=torch.float64)
     _, vjp_fn = vjp(lambda v: frozen_mix(v, pattern, 2), v)
-    grads = torch.zeros(2, 1, 6, 2, 2, dtype=torch.float64)
+    return pattern, vjp_fn, torch.zeros(2, 1, n, 2, 2, dtype=torch.float64)
+
+
+def test_a_non_causal_pattern_is_not_cut_at_the_last_query():
+    pattern, vjp_fn, grads = _two_head_vjp(1, 6, causal=False)
     grads[:, :, 0] = 1.0  # only the first query is live; its keys reach the end
     (got,) = vmap(vjp_fn)(grads)
     assert got[:, :, 5].abs().sum() > 0
@@ -53,11 +58,7 @@ def test_a_non_causal_pattern_is_not_cut_at_the_last_query():
 
 
 def test_a_nan_gradient_is_not_mistaken_for_zero():
-    gen = torch.Generator().manual_seed(2)
-    pattern = _pattern(gen, 2, 5, causal=True)
-    v = torch.randn(1, 5, 2, 2, generator=gen, dtype=torch.float64)
-    _, vjp_fn = vjp(lambda v: frozen_mix(v, pattern, 2), v)
-    grads = torch.zeros(2, 1, 5, 2, 2, dtype=torch.float64)
+    _, vjp_fn, grads = _two_head_vjp(2, 5, causal=True)
     grads[0, 0, 4, 0, 0] = float("nan")  # only at the last query: it must still propagate
     (got,) = vmap(vjp_fn)(grads)
     assert got[0].isnan().any() and not got[1].isnan().any()
