@@ -15,7 +15,9 @@ the unembedding's input) is propagated block by block from the batch's highest l
 forward pass is never replicated, and only a few ``(batch, pos, d_model)`` gradients are alive at
 a time. At each output hook the gradient is contracted right away with what each source writes
 there (``a_s * W_dec[s]`` for features, the error vectors, the token embeddings), giving one dense
-``(batch, n_sources)`` block of rows.
+block of rows per slice of targets, without the feature columns at or above the slice's top layer
+(they cannot be sources). The whole computation runs under ``torch.no_grad()`` outside the function
+transforms, so that no autograd graph of the backward itself is recorded.
 """
 
 from __future__ import annotations
