@@ -236,7 +236,7 @@ def train_model(
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for _, p in params], 1.0)
         opt.step()
-        running.append(float(loss))
+        running.append(float(loss.detach()))
     _tie(model)
     model.eval()
     return model
