@@ -227,8 +227,8 @@ def train_coder(
             row = {
                 "kind": kind,
                 "step": step,
-                "loss": float(loss) / L,
-                "fvu": float(mse.mean()),
+                "loss": float(loss.detach()) / L,
+                "fvu": float(mse.detach().mean()),
                 "l0": float((acts > 0).float().sum(-1).mean()),
                 "time_s": time.perf_counter() - start,
             }
