@@ -162,7 +162,7 @@ def _index_dtype(nnz: int, n_cols: int) -> type[np.signedinteger]:
 def _malloc_trim() -> Callable[[int], int] | None:
     try:
         return ctypes.CDLL(None).malloc_trim  # glibc
-    except (AttributeError, OSError):
+    except (AttributeError, OSError, TypeError):  # another libc, or no process handle (Windows)
         return None
 
 
