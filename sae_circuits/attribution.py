@@ -111,21 +111,18 @@ def attribute(
     bar = tqdm(total=len(logit_ids) + n_select, desc="attribution", disable=not show, unit="row")
     try:
         rows = RowStore(tr.n_sources)
-        logit_vecs = tr.logit_vectors(logit_ids)
-        for lo in range(0, len(logit_ids), batch_size):
-            hi = min(lo + batch_size, len(logit_ids))
-            slices = tr.row_slices(
-                torch.full((hi - lo,), tr.n_layers),
-                torch.full((hi - lo,), tr.n_pos - 1),
-                logit_vecs[lo:hi],
-                max_slice=batch_size,
-            )
-            for part in slices:
-                start = tr.n_sources + lo + part.offset
-                rows.add(
-                    np.arange(start, start + len(part.values)), part.values, gap=_gap(tr, part)
-                )
-            bar.update(hi - lo)
+        k = len(logit_ids)  # logit rows: node ids n_sources + j
+        slices = tr.row_slices(
+            torch.full((k,), tr.n_layers),
+            torch.full((k,), tr.n_pos - 1),
+            tr.logit_vectors(logit_ids),
+            max_slice=batch_size,
+        )
+        for part in slices:
+            start = tr.n_sources + part.offset
+            nodes = np.arange(start, start + len(part.values))
+            rows.add(nodes, part.values, gap=_gap(tr, part))
+            bar.update(len(nodes))
         visited = _visit_features(tr, rows, logit_probs, n_select, batch_size, update_interval, bar)
     finally:
         bar.close()
