@@ -358,3 +358,14 @@ def test_backward_slices_hold_one_layer_and_at_most_batch_size(monkeypatch):
     assert len(seen) == 1 + len({layer for _, ls in seen for layer in ls if layer < n_layers})
     assert abs(small.adjacency - large.adjacency).max() < 1e-6
     assert small.nodes.equals(large.nodes)
+
+
+def test_default_slice_budget_by_device(monkeypatch):
+    from sae_circuits._tracing import _default_budget
+
+    assert _default_budget(torch.device("cpu")) == 2**25
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (40 * 2**30, 80 * 2**30))
+    assert _default_budget(torch.device("cuda", 0)) == 10 * 2**30  # a quarter of what is free
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (2**20, 80 * 2**30))
+    assert _default_budget(torch.device("cuda", 0)) == 2**25  # never below the CPU budget
+    assert _default_budget(torch.device("mps")) == 2**30
