@@ -83,10 +83,10 @@ class RowStore:
         identity_cols = bool((col_map == np.arange(len(col_map))).all())
         # pass 1: row lengths after dropping columns
         lengths = np.zeros(n_nodes, dtype=np.int64)
-        for nodes, chunk in zip(self._nodes, self._chunks, strict=True):
+        for i, (nodes, chunk) in enumerate(zip(self._nodes, self._chunks, strict=True)):
+            if not identity_cols:  # remapped once; the smaller chunk replaces the original
+                chunk = self._chunks[i] = _remap_columns(chunk, col_map)
             rows = row_map[nodes]
-            if not identity_cols:
-                chunk = _remap_columns(chunk, col_map)
             keep = rows >= 0
             lengths[rows[keep]] = np.diff(chunk.indptr)[keep]
         nnz = int(lengths.sum())
@@ -97,10 +97,10 @@ class RowStore:
         data = np.empty(nnz, dtype=np.float32)
         # pass 2: copy each chunk's rows into place, freeing chunks as we go
         freed = 0
+        self._chunks.reverse()  # popped from the end, in the order they were added
+        self._nodes.reverse()
         while self._chunks:
-            chunk, nodes = self._chunks.pop(0), self._nodes.pop(0)
-            if not identity_cols:
-                chunk = _remap_columns(chunk, col_map)
+            chunk, nodes = self._chunks.pop(), self._nodes.pop()
             rows = row_map[nodes]
             if len(rows) and rows[0] >= 0 and (np.diff(rows) == 1).all():
                 # consecutive rows, all kept (a full graph's usual case): one block copy

@@ -24,14 +24,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
-from sae_lens import (
-    JumpReLUTranscoder,
-    JumpReLUTranscoderConfig,
-    SkipTranscoder,
-    SkipTranscoderConfig,
-    Transcoder,
-    TranscoderConfig,
-)
+from sae_lens import JumpReLUTranscoder, SkipTranscoder, Transcoder
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from sae_circuits.toy.tokenizer import word_tokenizer
@@ -179,17 +172,14 @@ def tiny_transcoders(
     captured: dict[int, torch.Tensor] = {}
     handles = []
     from sae_circuits.hooks import resolve_hook, scoped_hooks
+    from sae_circuits.transcoders._formats import transcoder_classes
 
     sites = [resolve_hook(model, f"blocks.{layer}.{hin}") for layer in range(cfg.n_layers)]
     for layer, site in enumerate(sites):
         handles.append((site, lambda t, layer=layer: captured.__setitem__(layer, t.detach()[0])))
     with torch.no_grad(), scoped_hooks(model, handles):
         model(calibration_tokens[None])
-    cls, ccls = {
-        "relu": (Transcoder, TranscoderConfig),
-        "jumprelu": (JumpReLUTranscoder, JumpReLUTranscoderConfig),
-        "skip": (SkipTranscoder, SkipTranscoderConfig),
-    }[kind]
+    cls, ccls = transcoder_classes(jumprelu=kind == "jumprelu", skip=kind == "skip")
     d = cfg.d_model
     out = []
     for layer in range(cfg.n_layers):

@@ -45,7 +45,7 @@ from sae_lens import (
 )
 from safetensors.torch import load_file
 
-__all__ = ["SAELENS_FILES", "LayerMeta", "read_layer"]
+__all__ = ["SAELENS_FILES", "LayerMeta", "read_layer", "transcoder_classes"]
 
 #: How SAELens' conversion functions lay out one sae_id's files: (format, file of ``path``).
 SAELENS_FILES: dict[str | None, tuple[str, str]] = {
@@ -184,13 +184,7 @@ def _build(
         raise ValueError(
             f"{where!r}: {exc} (d_sae {F} from b_enc, d_out {d_out} from b_dec)"
         ) from exc
-    kinds: dict[tuple[bool, bool], tuple[type[Transcoder], type[TranscoderConfig]]] = {
-        (False, False): (Transcoder, TranscoderConfig),
-        (True, False): (JumpReLUTranscoder, JumpReLUTranscoderConfig),
-        (False, True): (SkipTranscoder, SkipTranscoderConfig),
-        (True, True): (JumpReLUSkipTranscoder, JumpReLUSkipTranscoderConfig),
-    }
-    cls, cfg_cls = kinds[("threshold" in state, "W_skip" in state)]
+    cls, cfg_cls = transcoder_classes(jumprelu="threshold" in state, skip="W_skip" in state)
     cfg = cfg_cls(
         d_in=d_in,
         d_sae=F,
@@ -207,6 +201,21 @@ def _build(
     sae = sae.to(device=device, dtype=getattr(torch, dtype))
     _set_meta(sae, meta, keep_neuronpedia=False)
     return sae
+
+
+def transcoder_classes(
+    *, jumprelu: bool, skip: bool
+) -> tuple[type[Transcoder], type[TranscoderConfig]]:
+    """SAELens's transcoder class and config class for a JumpReLU and/or skip transcoder."""
+    return _KINDS[(jumprelu, skip)]
+
+
+_KINDS: dict[tuple[bool, bool], tuple[type[Transcoder], type[TranscoderConfig]]] = {
+    (False, False): (Transcoder, TranscoderConfig),
+    (True, False): (JumpReLUTranscoder, JumpReLUTranscoderConfig),
+    (False, True): (SkipTranscoder, SkipTranscoderConfig),
+    (True, True): (JumpReLUSkipTranscoder, JumpReLUSkipTranscoderConfig),
+}
 
 
 def _set_meta(sae: Transcoder, meta: LayerMeta, *, keep_neuronpedia: bool) -> None:
