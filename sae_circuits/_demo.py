@@ -53,12 +53,14 @@ class DemoReport:
     labels: dict[str, str]
 
 
-def run_demo(*, transcoders: str = "toy-facts", progress: bool = False, top: int = 8) -> DemoReport:
+def run_demo(
+    *, transcoders: str = "toy-facts", progress: bool | None = False, top: int = 8
+) -> DemoReport:
     """Attribute the Dallas prompt on toy-facts and run the swap experiment.
 
     Args:
         transcoders: ``"toy-facts"`` (per-layer) or ``"toy-facts-clt"`` (cross-layer).
-        progress: Show the attribution progress bar.
+        progress: Show the attribution progress bar (``None``: when stderr is a terminal).
         top: How many main features to report.
 
     Returns:

@@ -25,7 +25,6 @@ Example:
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -33,9 +32,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
+from sae_circuits._progress import progress_bar
 from sae_circuits._rows import RowStore
 from sae_circuits._tracing import RowSlice, Trace, trace
 from sae_circuits._version import __version__
@@ -95,7 +94,7 @@ def attribute(
     _check_sizes(max_n_logits, desired_logit_prob, max_feature_nodes, batch_size, update_interval)
     tokens = to_tokens(model, prompt)
     resolved = check_compatible(model, transcoders)
-    start = time.perf_counter()
+    started = time.perf_counter()
     tr = trace(model, tokens, resolved, attention_sink=attention_sink)
     logit_ids, logit_probs = select_logits(tr.logits, max_n_logits, desired_logit_prob)
     n_active = tr.n_active
@@ -107,8 +106,9 @@ def attribute(
         len(logit_ids),
         n_select,
     )
-    show = sys.stderr.isatty() if progress is None else progress
-    bar = tqdm(total=len(logit_ids) + n_select, desc="attribution", disable=not show, unit="row")
+    bar = progress_bar(
+        total=len(logit_ids) + n_select, desc="attribution", progress=progress, unit="row"
+    )
     try:
         rows = RowStore(tr.n_sources)
         k = len(logit_ids)  # logit rows: node ids n_sources + j
@@ -119,8 +119,8 @@ def attribute(
             max_slice=batch_size,
         )
         for part in slices:
-            start = tr.n_sources + part.offset
-            nodes = np.arange(start, start + len(part.values))
+            first = tr.n_sources + part.offset
+            nodes = np.arange(first, first + len(part.values))
             rows.add(nodes, part.values, gap=_gap(tr, part))
             bar.update(len(nodes))
         visited = _visit_features(tr, rows, logit_probs, n_select, batch_size, update_interval, bar)
@@ -135,7 +135,7 @@ def attribute(
         "attention_sink": attention_sink,
     }
     graph = _assemble(model, prompt, tr, rows, visited, logit_ids, logit_probs, settings)
-    logger.info("attribution done in %.2fs: %r", time.perf_counter() - start, graph)
+    logger.info("attribution done in %.2fs: %r", time.perf_counter() - started, graph)
     return graph
 
 

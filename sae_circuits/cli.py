@@ -333,7 +333,7 @@ def _attribute(args: argparse.Namespace) -> int:
             desired_logit_prob=args.desired_logit_prob,
             max_feature_nodes=args.max_feature_nodes,
             batch_size=args.batch_size,
-            progress=not args.quiet,
+            progress=False if args.quiet else None,
         )
     except (ValueError, TypeError) as e:
         raise CLIError(f"cannot attribute this prompt: {_short(e)}") from e
@@ -364,7 +364,7 @@ def _demo(args: argparse.Namespace) -> int:
 
     if args.out is not None:
         _check_out(Path(args.out), overwrite=True)
-    report = run_demo(transcoders=args.transcoders, progress=not args.quiet)
+    report = run_demo(transcoders=args.transcoders, progress=False if args.quiet else None)
     graph = report.graph
     print(
         f"toy-facts: a 4-layer model trained in this repository on a synthetic world, with its {args.transcoders} transcoders"

@@ -14,7 +14,9 @@ follow Ameisen et al. (2025), "Circuit Tracing", section "Pruning". With ``A`` t
    edge ``(t, s)`` scores ``Â'[t, s] * (influence'[t] + w[t])``, its share of the output flowing
    through it. The same cut-off rule with ``edge_threshold`` picks the kept edges.
 3. **Clean-up**, repeated until nothing changes: feature and error nodes without a kept outgoing
-   edge, and feature nodes without a kept incoming edge, are dropped with their edges.
+   edge, and feature nodes without a kept incoming edge, are dropped with their edges. It runs
+   only when step 2 cut an edge of non-zero score, so ``prune(1.0, 1.0)`` keeps every node and
+   edge of non-zero influence, on every machine.
 
 The **replacement score** is the share of the tokens' influence on the logits that does not go
 through error nodes: ``sum(influence[tokens]) / (sum(influence[tokens]) + sum(influence[errors]))``.
@@ -23,8 +25,8 @@ fraction of a node's normalised input that comes from non-error nodes (nodes wit
 as complete).
 
 Everything is computed on ``scipy.sparse`` arrays in memory proportional to the stored edges: no
-dense ``n x n`` matrix is formed and only the ``nnz`` stored edge scores are sorted (the implicit
-zeros of the reference's dense matrix do not change the cut-off, see :func:`find_threshold`).
+dense ``n x n`` matrix is formed and only the positive stored edge scores are sorted (zeros,
+stored or implicit, never change the cut-off, see :func:`find_threshold`).
 
 Example:
     >>> pruned = graph.prune(node_threshold=0.8, edge_threshold=0.98)
@@ -138,37 +140,40 @@ def check_threshold(name: str, value: Any) -> float:
     return v
 
 
-def find_threshold(scores: np.ndarray, threshold: float, *, n_implicit_zeros: int = 0) -> float:
+def find_threshold(scores: np.ndarray, threshold: float) -> float:
     """The smallest score kept when keeping the fewest top scores that hold ``threshold`` of the sum.
 
-    The reference's rule: sort descending, ``cumsum / sum``, ``searchsorted`` (first index where
-    the cumulative share reaches ``threshold``), clamped to the last index; scores ``>=`` the
-    returned value are kept.
+    The reference's rule, made independent of summation order at the ends of its range and at
+    ties. Scores are sorted in descending order and their cumulative share is taken against the
+    cumulative sum's own last value (so the share rises monotonically to exactly 1.0, whatever
+    the order of summation of the total would give); the cut-off is the score at the first index
+    whose share reaches ``threshold``, and every score ``>=`` the cut-off is kept:
+
+    * **ties**: scores equal to the cut-off are all kept, so which of several equal scores comes
+      first never matters (the sorted sequence, and so the shares, are the same for any order);
+    * ``threshold >= 1``: the cut-off is the smallest *positive* score, so every score with
+      non-zero influence is kept and zeros are dropped (the reference keeps or drops its
+      smallest scores there depending on the last bits of a float sum);
+    * ``threshold <= 0``: only the largest score (and its ties) is kept;
+    * all scores zero (or none): ``0.0``, everything is kept.
 
     Args:
         scores: ``(k,)`` non-negative scores.
         threshold: Fraction in ``[0, 1]``.
-        n_implicit_zeros: Further zero scores not passed (the unstored entries of a sparse
-            matrix). They sort last and leave the cumulative sum unchanged; they only matter
-            when the cumulative share never reaches ``threshold`` (rounding at ``threshold``
-            close to 1), where the reference's cut-off lands on a zero.
 
     Returns:
-        The cut-off score (0.0 when nothing or only zeros are scored).
+        The cut-off score.
     """
     scores = np.asarray(scores, dtype=np.float64).ravel()
-    if scores.size == 0:
+    positive = scores[scores > 0]
+    if positive.size == 0:  # all zero: the reference's 0/0 cumulative share keeps everything
         return 0.0
-    ordered = -np.sort(-scores)
-    total = ordered.sum()
-    if not total > 0:  # all zero: the reference's 0/0 cumulative share keeps everything
-        return float(ordered[0])
-    cumulative = np.cumsum(ordered) / total
-    index = int(np.searchsorted(cumulative, threshold, side="left"))
-    if index >= ordered.size:
-        if n_implicit_zeros > 0:
-            return 0.0
-        index = ordered.size - 1
+    if threshold >= 1.0:
+        return float(positive.min())
+    ordered = -np.sort(-positive)
+    cumulative = np.cumsum(ordered)
+    share = cumulative / cumulative[-1]
+    index = min(int(np.searchsorted(share, threshold, side="left")), ordered.size - 1)
     return float(ordered[index])
 
 
@@ -252,11 +257,11 @@ def prune_masks(
     flow = propagate(normalized, w) + w
     edge_scores = data * flow[rows]
 
-    n_implicit = n * n - int(inside.sum())
-    cutoff = find_threshold(edge_scores[inside], edge_threshold, n_implicit_zeros=n_implicit)
+    cutoff = find_threshold(edge_scores[inside], edge_threshold)
     edge_mask = inside & (edge_scores >= cutoff)
-    if cutoff > 0:
-        # (with a zero cut-off the reference keeps every entry, so no node loses its edges)
+    if (inside & (edge_scores > 0) & ~edge_mask).any():
+        # clean-up only when the threshold cut an edge that carries influence: with none cut
+        # (threshold 1.0, or ties at the cut-off) no node lost an edge to pruning
         needs_out = is_feature | is_error
         while True:
             has_out = np.bincount(cols[edge_mask], minlength=n) > 0

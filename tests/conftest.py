@@ -6,6 +6,7 @@ Everything is built from configs with seeded random weights: no download, CPU on
 from __future__ import annotations
 
 import functools
+import os
 
 import pytest
 import torch
@@ -32,9 +33,14 @@ def build(arch: str, kind: str = "relu", seed: int = 0):
     return copy.deepcopy(model), tcs
 
 
+#: Threads for torch: CI's two cores by default; ``OMP_NUM_THREADS`` (as in ``make test``'s
+#: one-thread run) wins, so a test that depends on the thread count fails there too.
+THREADS = int(os.environ.get("OMP_NUM_THREADS") or 2)
+
+
 @pytest.fixture(autouse=True)
 def _threads():
-    torch.set_num_threads(2)
+    torch.set_num_threads(THREADS)
 
 
 @pytest.fixture(params=ARCHS)

@@ -174,8 +174,10 @@ def test_serve_bad_folders_exit_2(tmp_path: Path, capsys):
 
 def test_demo_writes_a_folder(tmp_path: Path, capsys):
     out = tmp_path / "demo"
-    assert main(["demo", "-q", "-o", str(out)]) == 0
-    stdout = capsys.readouterr().out
+    assert main(["demo", "-o", str(out)]) == 0  # no -q: stderr is no terminal here
+    captured = capsys.readouterr()
+    stdout = captured.out
+    assert "\r" not in captured.err and "it/s" not in captured.err and "row/s" not in captured.err
     assert "texas (state of city)" in stdout and "sae-circuits serve" in stdout
     assert "top logit: austin" in stdout and "-> sacramento" in stdout
     for name in ("graph.zip", "pruned.zip", "graph.json"):

@@ -46,9 +46,20 @@ def _influence(m: np.ndarray, w: np.ndarray) -> np.ndarray:
 
 
 def _cutoff(scores: np.ndarray, fraction: float) -> float:
-    ordered = np.sort(scores.ravel())[::-1]
-    share = np.cumsum(ordered) / ordered.sum()
-    return ordered[min(int(np.searchsorted(share, fraction)), len(ordered) - 1)]
+    """The documented rule, written out: positive scores only, shares against their own sum."""
+    ordered = [float(x) for x in sorted(scores.ravel().tolist(), reverse=True) if x > 0]
+    if not ordered:
+        return 0.0
+    if fraction >= 1.0:
+        return ordered[-1]
+    running, partial = 0.0, []
+    for x in ordered:
+        running += x
+        partial.append(running)
+    for x, p in zip(ordered, partial, strict=True):
+        if p / partial[-1] >= fraction:
+            return x
+    return ordered[-1]
 
 
 def dense_prune(graph: AttributionGraph, node_threshold: float, edge_threshold: float):
@@ -64,8 +75,9 @@ def dense_prune(graph: AttributionGraph, node_threshold: float, edge_threshold: 
     sub = a * keep[:, None] * keep[None, :]
     norm = _normalize(sub)
     scores = norm * (_influence(norm, w) + w)[:, None]
-    edges = scores >= _cutoff(scores, edge_threshold)  # over all n*n entries, zeros included
-    while True:
+    inside = sub != 0
+    edges = inside & (scores >= _cutoff(scores, edge_threshold))
+    while (inside & (scores > 0) & ~edges).any():  # clean-up only when an edge was cut
         new = keep.copy()
         new[: n - n_tail] &= edges[:, : n - n_tail].any(axis=0)
         new[:n_feat] &= edges[:n_feat].any(axis=1)
@@ -168,9 +180,130 @@ def test_find_threshold_rule():
     assert find_threshold(scores, 0.0) == 0.4
     assert find_threshold(scores, 1.0) == 0.1
     assert find_threshold(np.zeros(3), 0.5) == 0.0
-    # shares that stop short of 1.0 by rounding: the cut-off falls on the implicit zeros
-    assert find_threshold(np.array([0.1] * 10), 1.0 + 1e-12, n_implicit_zeros=5) == 0.0
-    assert find_threshold(np.array([0.1] * 10), 1.0 + 1e-12) == pytest.approx(0.1)
+    assert find_threshold(np.array([]), 0.5) == 0.0
+    # zeros never matter: 1.0 keeps the smallest positive score, whatever the float sums give
+    assert find_threshold(np.array([0.1] * 10 + [0.0] * 5), 1.0) == 0.1
+    assert find_threshold(np.array([0.0, 3e-30, 1.0]), 1.0) == 3e-30
+    # shares are taken against the cumulative sum's own end: a share just below 1 is reachable
+    assert find_threshold(np.array([0.1] * 10), 1.0 - 1e-15) == pytest.approx(0.1)
+
+
+def test_find_threshold_ties_are_kept_together():
+    rng = np.random.default_rng(0)
+    scores = np.array([0.3, 0.3, 0.2, 0.2, 0.2, 0.1, 0.1, 0.0])
+    for threshold in (0.0, 0.29, 0.3, 0.31, 0.5, 0.6, 0.61, 0.8, 0.95, 1.0):
+        cuts = {find_threshold(rng.permutation(scores), threshold) for _ in range(20)}
+        assert len(cuts) == 1, (threshold, cuts)  # the same cut-off for every order
+        (cut,) = cuts
+        kept = scores[scores >= cut]
+        # equal scores are all kept or all dropped
+        for value in np.unique(scores):
+            on = scores == value
+            assert (scores[on] >= cut).all() or (scores[on] < cut).all()
+        assert kept.size >= 1 and kept.min() > 0
+    assert find_threshold(scores, 0.0) == 0.3  # only the top, with its tie
+    assert find_threshold(scores, 0.61) == 0.2
+
+
+@pytest.mark.parametrize(
+    ("arch", "kind"),
+    [("gpt2", "relu"), ("llama", "skip"), ("gemma2", "jumprelu"), ("llama", "relu")],
+)
+def test_threshold_one_keeps_everything_with_influence(arch, kind):
+    """prune(1.0, 1.0): every node and edge of non-zero influence, on every CPU."""
+    graph = graph_of(arch, kind)
+    pruned = graph.prune(node_threshold=1.0, edge_threshold=1.0)
+    n = graph.n_nodes
+    kind_of = graph.nodes["kind"].astype(str).to_numpy()
+    _, _, influence, _ = dense_prune(graph, 1.0, 1.0)
+    expect_nodes = np.flatnonzero((influence > 0) | np.isin(kind_of, ["token", "logit"]))
+    assert pruned.nodes["node_index"].tolist() == expect_nodes.tolist()
+    # edges: all stored, non-zero edges between kept nodes whose target carries influence
+    a = graph.adjacency.tocoo()
+    keep = np.zeros(n, dtype=bool)
+    keep[expect_nodes] = True
+    flows = influence.copy()
+    flows[kind_of == "logit"] += graph.logits["probability"].to_numpy(np.float64)
+    sel = keep[a.row] & keep[a.col] & (a.data != 0) & (flows[a.row] > 0)
+    expect_edges = set(zip(a.row[sel].tolist(), a.col[sel].tolist(), strict=True))
+    assert kept_edges(pruned) == expect_edges
+    assert len(expect_edges) > 0 and (influence == 0).any() == (len(expect_nodes) < n)
+
+
+def test_prune_is_the_same_for_tied_nodes_in_any_order():
+    """Two features that carry exactly equal (dyadic) influence are kept or dropped together,
+    however the nodes are ordered."""
+    # tokens 0..3 -> features f0..f5 -> logit; f0/f1 tied, f2/f3 tied, f4/f5 tied and weak
+    weights = {0: 4.0, 1: 4.0, 2: 2.0, 3: 2.0, 4: 0.25, 5: 0.25}
+    for perm_seed in range(6):
+        perm = np.random.default_rng(perm_seed).permutation(6)
+        n = 6 + 4 + 1
+        rows, cols, vals = [], [], []
+        for slot, f in enumerate(perm):
+            rows.append(10)
+            cols.append(slot)
+            vals.append(weights[int(f)])
+            rows.append(slot)
+            cols.append(6 + int(f) % 4)
+            vals.append(1.0)
+        adjacency = sp.csr_array(
+            (np.array(vals, np.float32), (np.array(rows), np.array(cols))), shape=(n, n)
+        )
+        kinds = ["feature"] * 6 + ["token"] * 4 + ["logit"]
+        na = [pd.NA] * n
+        nodes = pd.DataFrame(
+            {
+                "kind": pd.Categorical(kinds, categories=["feature", "error", "token", "logit"]),
+                "layer": pd.array([0] * 6 + na[6:], dtype="Int64"),
+                "position": pd.array([3] * 6 + [0, 1, 2, 3, 3], dtype="Int64"),
+                "feature": pd.array([int(f) for f in perm] + na[6:], dtype="Int64"),
+                "token_id": pd.array(na[:6] + [0, 1, 2, 3, 9], dtype="Int64"),
+                "activation": pd.array([1.0] * 6 + na[6:], dtype="Float32"),
+                "probability": pd.array(na[:-1] + [1.0], dtype="Float32"),
+            }
+        )
+        graph = AttributionGraph(
+            adjacency, nodes, pd.DataFrame({"token_id": [9], "probability": [1.0]}), {}
+        )
+        # influences: tokens 0/1 0.34, f0/f1 0.32, tokens 2/3 and f2/f3 0.16, f4/f5 0.02 (of 2)
+        cases = ((0.45, {0, 1}), (0.6, {0, 1}), (0.7, {0, 1, 2, 3}), (0.95, {0, 1, 2, 3}))
+        for node_t, expect in (*cases, (0.995, set(range(6))), (1.0, set(range(6)))):
+            pruned = graph.prune(node_threshold=node_t, edge_threshold=1.0)
+            feats = pruned.nodes[pruned.nodes["kind"] == "feature"]["feature"].astype(int)
+            assert set(feats) == expect, (perm_seed, node_t, sorted(feats))
+
+
+def test_tied_edge_scores_keep_every_node():
+    # one feature (no inputs) and nine tokens feed one logit equally: ten tied edge scores of
+    # 0.1. Ties at the cut-off are all kept, so no edge that carries influence is cut and no node
+    # is dropped for lack of edges, at any threshold; the old rule depended on the last bits of a
+    # float sum here (kept at 1.0, dropped at 0.99)
+    n = 11
+    adjacency = sp.csr_array(
+        (np.ones(10, dtype=np.float32), (np.full(10, 10), np.arange(10))), shape=(n, n)
+    )
+    kinds = ["feature"] + ["token"] * 9 + ["logit"]
+    na = [pd.NA] * n
+    nodes = pd.DataFrame(
+        {
+            "kind": pd.Categorical(kinds, categories=["feature", "error", "token", "logit"]),
+            "layer": pd.array([0, *na[1:]], dtype="Int64"),
+            "position": pd.array([8, *range(9), 8], dtype="Int64"),
+            "feature": pd.array([3, *na[1:]], dtype="Int64"),
+            "token_id": pd.array([pd.NA, *range(9), 5], dtype="Int64"),
+            "activation": pd.array([1.0, *na[1:]], dtype="Float32"),
+            "probability": pd.array([*na[:-1], 1.0], dtype="Float32"),
+        }
+    )
+    graph = AttributionGraph(
+        adjacency, nodes, pd.DataFrame({"token_id": [5], "probability": [1.0]}), {}
+    )
+    for edge_t in (1.0, 0.99, 0.5, 0.0):
+        keep, *_ = dense_prune(graph, 1.0, edge_t)
+        pruned = graph.prune(node_threshold=1.0, edge_threshold=edge_t)
+        assert bool(keep[0]) is True
+        assert pruned.nodes["node_index"].tolist() == np.flatnonzero(keep).tolist()
+        assert pruned.adjacency.nnz == 10
 
 
 @pytest.mark.parametrize(
@@ -322,34 +455,3 @@ def test_non_finite_adjacency_is_refused():
     a.data[0] = np.nan
     with pytest.raises(ValueError, match="non-finite"):
         dataclasses.replace(graph, adjacency=a).scores()
-
-
-def test_edge_cutoff_on_implicit_zeros_keeps_every_node():
-    # one feature (no inputs) and nine tokens feed one logit equally: ten edge scores of 0.1,
-    # whose cumulative share stops short of 1.0 by rounding, so at edge_threshold=1 the reference's
-    # cut-off lands on the zeros of its dense matrix and no node is dropped for lack of edges
-    n = 11
-    adjacency = sp.csr_array(
-        (np.ones(10, dtype=np.float32), (np.full(10, 10), np.arange(10))), shape=(n, n)
-    )
-    kinds = ["feature"] + ["token"] * 9 + ["logit"]
-    na = [pd.NA] * n
-    nodes = pd.DataFrame(
-        {
-            "kind": pd.Categorical(kinds, categories=["feature", "error", "token", "logit"]),
-            "layer": pd.array([0, *na[1:]], dtype="Int64"),
-            "position": pd.array([8, *range(9), 8], dtype="Int64"),
-            "feature": pd.array([3, *na[1:]], dtype="Int64"),
-            "token_id": pd.array([pd.NA, *range(9), 5], dtype="Int64"),
-            "activation": pd.array([1.0, *na[1:]], dtype="Float32"),
-            "probability": pd.array([*na[:-1], 1.0], dtype="Float32"),
-        }
-    )
-    graph = AttributionGraph(
-        adjacency, nodes, pd.DataFrame({"token_id": [5], "probability": [1.0]}), {}
-    )
-    for edge_t, feature_kept in ((1.0, True), (0.99, False)):
-        keep, *_ = dense_prune(graph, 1.0, edge_t)
-        pruned = graph.prune(node_threshold=1.0, edge_threshold=edge_t)
-        assert bool(keep[0]) is feature_kept
-        assert pruned.nodes["node_index"].tolist() == np.flatnonzero(keep).tolist()
