@@ -257,9 +257,9 @@ def test_prune_is_the_same_for_tied_nodes_in_any_order():
                 "layer": pd.array([0] * 6 + na[6:], dtype="Int64"),
                 "position": pd.array([3] * 6 + [0, 1, 2, 3, 3], dtype="Int64"),
                 "feature": pd.array([int(f) for f in perm] + na[6:], dtype="Int64"),
-                "token_id": pd.array(na[:6] + [0, 1, 2, 3, 9], dtype="Int64"),
+                "token_id": pd.array([*na[:6], 0, 1, 2, 3, 9], dtype="Int64"),
                 "activation": pd.array([1.0] * 6 + na[6:], dtype="Float32"),
-                "probability": pd.array(na[:-1] + [1.0], dtype="Float32"),
+                "probability": pd.array([*na[:-1], 1.0], dtype="Float32"),
             }
         )
         graph = AttributionGraph(
