@@ -1,5 +1,18 @@
 """sae_circuits: exact attribution graphs with SAELens transcoders on TransformerLens models.
 
+The public API, re-exported from the subpackages (floors, lowest first; each imports only
+from floors below it, see docs/architecture.md):
+
+* :mod:`sae_circuits.core`: hooks, prompts, files, progress bars;
+* :mod:`sae_circuits.transcoders` and :mod:`sae_circuits.graph`: transcoder sets (and the check
+  that they fit a model); attribution graphs as data;
+* :mod:`sae_circuits.replacement_model`, :mod:`sae_circuits.toy`, :mod:`sae_circuits.models`;
+* :mod:`sae_circuits.attribution`, then :mod:`sae_circuits.interventions`;
+* :mod:`sae_circuits.viewer`, and the command line (:mod:`sae_circuits.cli`).
+
+``import sae_circuits`` loads neither the viewer nor matplotlib; ``sc.toy``, ``sc.viewer`` and
+``sc.supernodes`` are imported on first use.
+
 Example:
     >>> import sae_circuits as sc
     >>> transcoders = sc.load_transcoders("path/to/folder")
@@ -7,14 +20,22 @@ Example:
     >>> graph.adjacency, graph.nodes, graph.edges(), graph.logits
 """
 
-from sae_circuits import supernodes, toy  # noqa: F401  (sc.supernodes, sc.toy)
-from sae_circuits._graph_io import GraphFileError
+import importlib
+import sys
+from typing import Any
+
+from sae_circuits import core, graph, interventions, replacement_model
 from sae_circuits._version import __version__
 from sae_circuits.attribution import attribute
-from sae_circuits.export import save_neuronpedia, to_neuronpedia
-from sae_circuits.graph import AttributionGraph
-from sae_circuits.hooks import HookNotFoundError
-from sae_circuits.intervene import (
+from sae_circuits.core import HookNotFoundError
+from sae_circuits.graph import (
+    AttributionGraph,
+    GraphFileError,
+    GraphScores,
+    save_neuronpedia,
+    to_neuronpedia,
+)
+from sae_circuits.interventions import (
     GenerationResult,
     InterventionResult,
     compare_with_graph,
@@ -22,9 +43,8 @@ from sae_circuits.intervene import (
     intervene,
     predict_changes,
 )
-from sae_circuits.models import check_transcoders_match, load_model
-from sae_circuits.pruning import GraphScores
-from sae_circuits.replacement import replacement
+from sae_circuits.models import load_model
+from sae_circuits.replacement_model import replacement
 from sae_circuits.transcoders import (
     CrossLayerTranscoder,
     CrossLayerTranscoderConfig,
@@ -33,10 +53,36 @@ from sae_circuits.transcoders import (
     TranscoderSet,
     TranscoderSetConfig,
     WeightsUnavailableError,
+    check_transcoders_match,
     get_config,
     list_configs,
     load_transcoders,
 )
+
+_LAZY = ("supernodes", "toy", "viewer")
+
+#: Module paths of earlier versions, now parts of subpackages, kept importable
+#: (``from sae_circuits.intervene import compare_with_graph`` still works). They are aliases in
+#: ``sys.modules`` rather than attributes, so that ``sc.intervene`` and ``sc.replacement`` stay
+#: the functions.
+OLD_MODULE_PATHS = {
+    "sae_circuits.intervene": interventions,
+    "sae_circuits.replacement": replacement_model,
+    "sae_circuits.export": graph,
+    "sae_circuits.pruning": graph,
+    "sae_circuits.influence": graph,
+    "sae_circuits.hooks": core,
+}
+for _path, _module in OLD_MODULE_PATHS.items():
+    sys.modules.setdefault(_path, _module)
+
+
+def __getattr__(name: str) -> Any:
+    """``sc.supernodes``, ``sc.toy`` and ``sc.viewer``, imported on first use."""
+    if name in _LAZY:
+        return importlib.import_module(f"sae_circuits.{name}")
+    raise AttributeError(f"module 'sae_circuits' has no attribute {name!r}")
+
 
 __all__ = [
     "AttributionGraph",

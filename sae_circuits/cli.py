@@ -360,7 +360,7 @@ def _serve_cmd(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from sae_circuits._demo import PROMPT, SOURCE, run_demo
+    from sae_circuits.demo import PROMPT, SOURCE, run_demo
 
     if args.out is not None:
         _check_out(Path(args.out), overwrite=True)

@@ -16,7 +16,7 @@ import copy
 import numpy as np
 import torch
 
-from sae_circuits.graph import AttributionGraph
+from sae_circuits.graph._graph import AttributionGraph
 from sae_circuits.transcoders.sets import TranscoderSet
 
 
@@ -71,7 +71,7 @@ class FrozenOracle:
         return x @ w_skip_t.double()
 
     def _sites(self):
-        from sae_circuits.hooks import resolve_hook
+        from sae_circuits.core.hooks import resolve_hook
 
         ins = [resolve_hook(self.model, h) for h in self.ts.input_hooks]
         outs = [resolve_hook(self.model, h) for h in self.ts.output_hooks]

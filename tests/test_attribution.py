@@ -8,7 +8,8 @@ import scipy.sparse as sp
 import torch
 
 import sae_circuits as sc
-from sae_circuits.attribution import select_logits, to_tokens
+from sae_circuits.attribution._attribute import select_logits
+from sae_circuits.core.prompts import to_tokens
 
 from .conftest import PROMPT, assert_same_model, build, model_fingerprint
 from .oracle import FrozenOracle, sample_sources, worst_column_error
@@ -139,7 +140,7 @@ def test_max_feature_nodes_visits_most_influential():
     sub = full.adjacency[sel][:, sel].toarray()
     assert np.allclose(part.adjacency.toarray(), sub, rtol=1e-5, atol=1e-6)
     # the visited features carry more influence on the logits than the average unvisited one
-    from sae_circuits.influence import propagate, row_normalize
+    from sae_circuits.graph._influence import propagate, row_normalize
 
     infl = propagate(row_normalize(full.adjacency), full.logit_weights)
     fidx = np.flatnonzero((full.nodes["kind"] == "feature").to_numpy())
@@ -222,11 +223,11 @@ def test_bad_prompts():
 
 def test_transcoders_that_do_not_fit():
     model, tcs = build("gpt2")
-    with pytest.raises(ValueError, match="cover 2 layers but the model has 3"):
+    with pytest.raises(ValueError, match="the transcoders have 2 layers but the model .* has 3 layers; attribution needs one transcoder per layer"):
         sc.attribute(model, PROMPT, sc.load_transcoders(tcs[:2]))
     _, other_tcs = build("gpt2")
     small = sc.toy.tiny_model("gpt2", d_model=16, n_heads=2)
-    with pytest.raises(ValueError, match="d_model is 16"):
+    with pytest.raises(ValueError, match="the transcoders have d_in 32 but the model .* has d_model 16"):
         sc.attribute(small, PROMPT, sc.load_transcoders(other_tcs))
 
 
@@ -249,7 +250,7 @@ def test_progress_bar_optional(capsys):
 def test_chunked_influence_equals_stacked():
     import scipy.sparse as sps
 
-    from sae_circuits.influence import propagate, propagate_chunks, row_normalize
+    from sae_circuits.graph._influence import propagate, propagate_chunks, row_normalize
 
     rng = np.random.default_rng(0)
     n = 40
@@ -272,8 +273,8 @@ def test_chunked_influence_equals_stacked():
 
 
 def test_backward_in_slices_gives_the_same_graph(monkeypatch):
-    import sae_circuits.attribution as attribution_module
-    from sae_circuits._tracing import trace
+    import sae_circuits.attribution._attribute as attribution_module
+    from sae_circuits.attribution._backward import trace
 
     model, tcs = build("llama", "skip")
     ts = sc.load_transcoders(tcs)
@@ -298,8 +299,8 @@ def test_rows_hold_no_autograd_graph():
     A row batch that recorded the graph of its own backward pass would keep every intermediate
     of that pass alive for as long as the rows live (it once tripled the peak memory).
     """
-    from sae_circuits._tracing import trace
-    from sae_circuits.replacement import check_compatible
+    from sae_circuits.attribution._backward import trace
+    from sae_circuits.transcoders._fit import check_compatible
 
     model, tcs = build("llama", "relu")
     assert any(p.requires_grad for p in model.parameters())
@@ -315,8 +316,8 @@ def test_rows_hold_no_autograd_graph():
 
 def test_row_slices_leave_out_only_zero_feature_columns():
     """A slice drops the features at or above its top layer; the rows are those of one pass."""
-    from sae_circuits._tracing import trace
-    from sae_circuits.replacement import check_compatible
+    from sae_circuits.attribution._backward import trace
+    from sae_circuits.transcoders._fit import check_compatible
 
     model, tcs = build("gemma2", "relu")
     resolved = check_compatible(model, sc.load_transcoders(tcs))
@@ -336,7 +337,7 @@ def test_row_slices_leave_out_only_zero_feature_columns():
 
 
 def test_backward_slices_hold_one_layer_and_at_most_batch_size(monkeypatch):
-    from sae_circuits._tracing import Trace
+    from sae_circuits.attribution._backward import Trace
 
     model, tcs = build("gpt2", "relu")
     ts = sc.load_transcoders(tcs)
@@ -361,7 +362,7 @@ def test_backward_slices_hold_one_layer_and_at_most_batch_size(monkeypatch):
 
 
 def test_default_slice_budget_by_device(monkeypatch):
-    from sae_circuits._tracing import _default_budget
+    from sae_circuits.attribution._backward import _default_budget
 
     assert _default_budget(torch.device("cpu")) == 2**25
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (40 * 2**30, 80 * 2**30))

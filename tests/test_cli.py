@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from sae_circuits.cli import main
-from sae_circuits.graph import AttributionGraph
+from sae_circuits.graph._graph import AttributionGraph
 from sae_circuits.viewer.server import ViewerServer
 
 PROMPT = "t5 t9 t3 t7 t2 t8 t11 t4 t6"

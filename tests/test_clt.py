@@ -21,7 +21,7 @@ from sae_circuits.transcoders import (
     CrossLayerTranscoderSet,
 )
 from sae_circuits.transcoders._clt_files import LazyTensor
-from sae_circuits.transcoders.clt_sae import layer_hooks, register
+from sae_circuits.transcoders.clt_sae import layer_hooks
 
 from .conftest import PROMPT, build
 from .oracle import FrozenOracle, sample_sources, worst_column_error
@@ -238,28 +238,29 @@ def test_fold_w_dec_norm_keeps_outputs():
     assert torch.allclose(clt.get_W_dec_norm(), torch.ones(3, 16), atol=1e-5)
 
 
-def test_registration_is_idempotent_and_survives_reload(tmp_path):
-    from sae_lens.registry import SAE_CLASS_REGISTRY
+def test_registration_is_idempotent_through_the_public_api(tmp_path, monkeypatch, caplog):
+    from sae_lens.registry import get_sae_class
 
-    import sae_circuits.transcoders.clt_sae as module
+    from sae_circuits.transcoders import _registry
 
-    register()
-    register()
-    assert SAE_CLASS_REGISTRY[CLT_ARCHITECTURE][0] is CrossLayerTranscoder
-    saved, entry = dict(module.__dict__), SAE_CLASS_REGISTRY[CLT_ARCHITECTURE]
-    try:
-        importlib.reload(module)
-        importlib.reload(module)
-        new_cls = module.CrossLayerTranscoder
-        assert new_cls is not CrossLayerTranscoder
-        assert SAE_CLASS_REGISTRY[CLT_ARCHITECTURE][0] is new_cls
-        cfg = module.CrossLayerTranscoderConfig(d_in=4, d_sae=8, n_layers=2)
-        new_cls(cfg).save_model(tmp_path)
-        assert type(SAE.load_from_disk(tmp_path)) is new_cls
-    finally:
-        module.__dict__.update(saved)
-        SAE_CLASS_REGISTRY[CLT_ARCHITECTURE] = entry
-    assert SAE_CLASS_REGISTRY[CLT_ARCHITECTURE][0] is CrossLayerTranscoder
+    _registry.register_architectures()
+    _registry.register_architectures()
+    assert get_sae_class(CLT_ARCHITECTURE)[0] is CrossLayerTranscoder
+    cfg = CrossLayerTranscoderConfig(d_in=4, d_sae=8, n_layers=2)
+    CrossLayerTranscoder(cfg).save_model(tmp_path)
+    assert type(SAE.load_from_disk(tmp_path)) is CrossLayerTranscoder
+
+    class Other(CrossLayerTranscoder):
+        pass
+
+    # another class already registered under the name is left in place, with a warning
+    monkeypatch.setitem(
+        _registry.ARCHITECTURES, CLT_ARCHITECTURE, (Other, CrossLayerTranscoderConfig)
+    )
+    with caplog.at_level("WARNING"):
+        _registry.register_architectures()
+    assert "already registered" in caplog.text
+    assert get_sae_class(CLT_ARCHITECTURE)[0] is CrossLayerTranscoder
 
 
 @pytest.mark.parametrize(
@@ -435,13 +436,13 @@ def test_folder_that_does_not_fit_the_model(public):
     assert sc.load_transcoders(public, model=model).n_layers == 3
     deeper = tiny_model("llama", n_layers=4)
     with pytest.raises(
-        ValueError, match=r"\(W_enc_0 ... W_enc_2.safetensors\) has 3 layers but the model has 4"
+        ValueError, match=r"\(W_enc_0 ... W_enc_2.safetensors\) has 3 layers but the model '.*' has 4 layers"
     ):
         sc.load_transcoders(public, model=deeper)
     wider = tiny_model("llama", d_model=48)
     with pytest.raises(
         ValueError,
-        match=r"W_enc_0.safetensors': W_enc_0 has width 32 but the model's d_model is 48",
+        match=r"W_enc_0.safetensors': W_enc_0\) has d_in 32 but the model '.*' has d_model 48",
     ):
         sc.load_transcoders(public, model=wider)
     gpt2 = tiny_model("gpt2")

@@ -24,8 +24,8 @@ from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_direc
 from safetensors.torch import save
 
 import sae_circuits as sc
+from sae_circuits.core.devices import default_device
 from sae_circuits.transcoders import configs as cfgs
-from sae_circuits.transcoders._from_config import default_device
 from sae_circuits.transcoders._hub import ENV_DIR, Fetcher, WeightsUnavailableError
 
 from .conftest import build

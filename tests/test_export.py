@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 import sae_circuits as sc
-from sae_circuits.export import node_ids, save_neuronpedia, to_networkx, to_neuronpedia
-from sae_circuits.graph import AttributionGraph
-from sae_circuits.pruning import cumulative_influence, node_influence
+from sae_circuits.graph._export import node_ids, save_neuronpedia, to_networkx, to_neuronpedia
+from sae_circuits.graph._graph import AttributionGraph
+from sae_circuits.graph._pruning import cumulative_influence, node_influence
 
 from .conftest import PROMPT, build
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.func import vjp, vmap
 
-from sae_circuits._frozen_attention import frozen_mix
+from sae_circuits.attribution._frozen_attention import frozen_mix
 
 
 def _pattern(gen: torch.Generator, heads: int, n: int, causal: bool) -> torch.Tensor:

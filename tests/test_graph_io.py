@@ -15,8 +15,8 @@ import pytest
 import scipy.sparse as sp
 
 import sae_circuits as sc
-from sae_circuits._graph_io import FORMAT_VERSION, GraphFileError
-from sae_circuits.graph import AttributionGraph
+from sae_circuits.graph._graph import AttributionGraph
+from sae_circuits.graph._io import FORMAT_VERSION, GraphFileError
 
 from .conftest import PROMPT, build
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sae_circuits.hooks import HookNotFoundError, resolve_hook, scoped_hooks
+from sae_circuits.core.hooks import HookNotFoundError, resolve_hook, scoped_hooks
 
 from .conftest import assert_same_model, build, model_fingerprint
 

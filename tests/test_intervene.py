@@ -10,8 +10,13 @@ import pytest
 import torch
 
 import sae_circuits as sc
-from sae_circuits.attribution import to_tokens
-from sae_circuits.intervene import compare_with_graph, generate, intervene, predict_changes
+from sae_circuits.core.prompts import to_tokens
+from sae_circuits.interventions._intervene import (
+    compare_with_graph,
+    generate,
+    intervene,
+    predict_changes,
+)
 from sae_circuits.toy import tiny_clt
 from sae_circuits.transcoders import (
     CrossLayerTranscoderSet,

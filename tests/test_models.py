@@ -11,8 +11,9 @@ from transformer_lens import HookedTransformer
 
 import sae_circuits as sc
 from sae_circuits import models
-from sae_circuits.models import ModelUnavailableError, check_transcoders_match, load_model
+from sae_circuits.models import ModelUnavailableError, load_model
 from sae_circuits.transcoders import configs as cfgs
+from sae_circuits.transcoders._fit import check_transcoders_match
 
 from .conftest import build
 from .test_configs import GOOD, hf_cache, write_yaml  # noqa: F401  (hf_cache is a fixture)
@@ -112,7 +113,7 @@ def test_check_against_configs():
         match=r"made for model 'gemma-2-2b' \(transcoder config 'gemma-2-2b-gemmascope'\) but the model is 'custom'",
     ):
         check_transcoders_match(model, "gemma-2-2b-gemmascope")
-    with pytest.raises(ValueError, match="covers 26 layers but the model 'custom' has 3"):
+    with pytest.raises(ValueError, match="transcoder config 'gemma-2-2b-gemmascope' has 26 layers but the model 'custom' has 3 layers"):
         check_transcoders_match(model, gemmascope, check_name=False)
     mine = dataclasses.replace(gemmascope, model="custom", n_layers=3)
     with pytest.raises(ValueError, match="has d_model 2304 but the model 'custom' has d_model 32"):
@@ -152,8 +153,8 @@ def test_check_against_transcoder_sets():
         for tc in tcs:
             tc.cfg.metadata.model_name = None
     other, _ = build("llama", "skip")
-    small = models.HookedTransformer(dataclasses.replace(other.cfg, n_layers=2))
-    with pytest.raises(ValueError, match="cover 3 layers but the model has 2"):
+    small = HookedTransformer(dataclasses.replace(other.cfg, n_layers=2))
+    with pytest.raises(ValueError, match="the transcoders have 3 layers but the model .* has 2 layers"):
         check_transcoders_match(small, ts)
     with pytest.raises(TypeError, match="expected a TranscoderSet"):
         check_transcoders_match(model, tcs)  # type: ignore[arg-type]

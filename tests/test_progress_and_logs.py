@@ -7,8 +7,8 @@ import logging
 import re
 
 import sae_circuits as sc
-import sae_circuits.attribution as attribution_module
-from sae_circuits._progress import show_progress
+import sae_circuits.attribution._attribute as attribution_module
+from sae_circuits.core.progress import show_progress
 
 from .conftest import PROMPT, build
 

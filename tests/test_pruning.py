@@ -13,8 +13,8 @@ import pytest
 import scipy.sparse as sp
 
 import sae_circuits as sc
-from sae_circuits.graph import AttributionGraph
-from sae_circuits.pruning import GraphScores, find_threshold
+from sae_circuits.graph._graph import AttributionGraph
+from sae_circuits.graph._pruning import GraphScores, find_threshold
 
 from .conftest import PROMPT, build
 

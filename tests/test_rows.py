@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from sae_circuits import _rows
-from sae_circuits._rows import RowStore
+from sae_circuits.attribution import _rows
+from sae_circuits.attribution._rows import RowStore
 
 
 def _sparse_rows(gen: torch.Generator, n_rows: int, n_cols: int) -> torch.Tensor:

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from sae_circuits import supernodes as sn
-from sae_circuits.intervene import intervene
+from sae_circuits.interventions._intervene import intervene
 
 from .conftest import PROMPT
 from .test_intervene import _setup as setup

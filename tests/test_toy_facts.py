@@ -14,19 +14,17 @@ import pytest
 import torch
 
 import sae_circuits as sc
-from sae_circuits.attribution import to_tokens
-from sae_circuits.replacement import replacement
+from sae_circuits.core.prompts import to_tokens
+from sae_circuits.replacement_model._replacement import replacement
 from sae_circuits.toy.facts import (
-    answer_accuracy,
     load_toy_feature_info,
     load_toy_labels,
     load_toy_model,
     load_toy_transcoders,
     load_toy_world,
-    place_features,
-    state_swap,
     toy_transcoders_path,
 )
+from toy_training.evaluate import answer_accuracy, place_features, state_swap
 from sae_circuits.toy.world import DEMO_ANSWER, DEMO_PROMPT, SWAP_ANSWER, SWAP_PROMPT, build_world
 
 #: Top-1 accuracy floor on held-out two-hop questions (the model never saw them).
@@ -272,7 +270,7 @@ def test_clt_swap_when_the_loader_supports_it():
 def test_training_smoke(tmp_path):
     """A few steps of the whole pipeline on a tiny configuration; loads back."""
     from sae_circuits.toy.facts import model_from_files
-    from sae_circuits.toy.train import TrainConfig, run
+    from toy_training.train import TrainConfig, run
 
     log = run(tmp_path, TrainConfig.quick())
     assert json.loads((tmp_path / "training_log.json").read_text())["model"] == log["model"]

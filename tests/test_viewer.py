@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from sae_circuits.export import to_neuronpedia
+from sae_circuits.graph._export import to_neuronpedia
 from sae_circuits.viewer import GraphSource, build_document, make_server
 
 from .test_viewer_server import make_graph_folder, tiny_graphs

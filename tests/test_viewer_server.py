@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 
 import sae_circuits as sc
-from sae_circuits.export import node_ids
-from sae_circuits.graph import AttributionGraph
+from sae_circuits.graph._export import node_ids
+from sae_circuits.graph._graph import AttributionGraph
 from sae_circuits.viewer import (
     AnnotationError,
     AnnotationStore,

@@ -171,8 +171,8 @@ def tiny_transcoders(
     # the transcoder inputs on the calibration prompt (mlp.hook_in = the MLP module's input)
     captured: dict[int, torch.Tensor] = {}
     handles = []
-    from sae_circuits.hooks import resolve_hook, scoped_hooks
-    from sae_circuits.transcoders._formats import transcoder_classes
+    from sae_circuits.core.hooks import resolve_hook, scoped_hooks
+    from sae_circuits.transcoders import transcoder_classes
 
     sites = [resolve_hook(model, f"blocks.{layer}.{hin}") for layer in range(cfg.n_layers)]
     for layer, site in enumerate(sites):

@@ -1,5 +1,24 @@
-"""Transcoder sets and their loading (per-layer SAELens transcoders; CLTs; configs)."""
+"""Transcoders: SAELens objects, the sets that cover a model, their configs and loading.
 
+Floor 1 of the package (above :mod:`sae_circuits.core`): per-layer SAELens transcoders and the
+cross-layer transcoder (an SAELens architecture registered in :mod:`._registry`), grouped into a
+:class:`TranscoderSet`; configs for public releases; loading from folders, the SAELens registry
+and the hub; and the one check that a set fits a model (:func:`check_compatible`,
+:func:`check_transcoders_match`).
+
+Example:
+    >>> ts = load_transcoders("toy-facts")
+    >>> check_compatible(model, ts).inputs[0].name
+"""
+
+from sae_circuits.transcoders import _registry  # noqa: F401  (registers the CLT with SAELens)
+from sae_circuits.transcoders._fit import (
+    ResolvedTranscoders,
+    Sizes,
+    check_compatible,
+    check_transcoders_match,
+)
+from sae_circuits.transcoders._formats import transcoder_classes
 from sae_circuits.transcoders._hub import ENV_DIR as TRANSCODERS_DIR_ENV
 from sae_circuits.transcoders._hub import WeightsUnavailableError
 from sae_circuits.transcoders.clt import CrossLayerTranscoderSet
@@ -26,11 +45,16 @@ __all__ = [
     "CrossLayerTranscoderConfig",
     "CrossLayerTranscoderSet",
     "PerLayerTranscoderSet",
+    "ResolvedTranscoders",
+    "Sizes",
     "TranscoderSet",
     "TranscoderSetConfig",
     "WeightsUnavailableError",
+    "check_compatible",
+    "check_transcoders_match",
     "get_config",
     "list_configs",
     "load_config",
     "load_transcoders",
+    "transcoder_classes",
 ]

@@ -30,8 +30,10 @@ from typing import Any
 import torch
 from sae_lens import SAE, Transcoder
 
+from sae_circuits.core.devices import default_device
 from sae_circuits.transcoders._formats import SAELENS_FILES, LayerMeta, read_layer
 from sae_circuits.transcoders._hub import Fetcher, WeightsUnavailableError, resolve_local_dir
+from sae_circuits.transcoders._sizes import check_sizes
 from sae_circuits.transcoders.clt import CrossLayerTranscoderSet
 from sae_circuits.transcoders.configs import (
     HubSource,
@@ -43,14 +45,9 @@ from sae_circuits.transcoders.configs import (
 )
 from sae_circuits.transcoders.sets import PerLayerTranscoderSet, TranscoderSet
 
-__all__ = ["default_device", "load_from_config"]
+__all__ = ["load_from_config"]
 
 logger = logging.getLogger(__name__)
-
-
-def default_device() -> str:
-    """``"cuda"`` when PyTorch sees a GPU, else ``"cpu"``."""
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def load_from_config(
@@ -108,7 +105,7 @@ def load_from_config(
             for layer in range(config.n_layers)
         ]
         ts = PerLayerTranscoderSet(layers, input_hook=hooks_in, output_hook=hooks_out)
-    _check_sizes(config, ts)
+    check_sizes(ts.sizes(), config.sizes())
     ts.transcoder_config = config  # type: ignore[attr-defined]
     logger.info(
         "loaded transcoder config %s (%s, %d layers)", config.name, config.kind, ts.n_layers
@@ -313,16 +310,3 @@ def _rehook(ts: TranscoderSet, hin: str, hout: str) -> TranscoderSet:
             return PerLayerTranscoderSet(ts.transcoders, input_hook=hin, output_hook=hout)
         ts.input_hooks, ts.output_hooks = ins, outs
     return ts
-
-
-def _check_sizes(config: TranscoderSetConfig, ts: TranscoderSet) -> None:
-    if ts.n_layers != config.n_layers:
-        raise ValueError(
-            f"{config.where}: n_layers is {config.n_layers} but the loaded transcoders cover "
-            f"{ts.n_layers} layers"
-        )
-    if config.d_model is not None and (ts.d_in, ts.d_out) != (config.d_model, config.d_model):
-        raise ValueError(
-            f"{config.where}: d_model is {config.d_model} but the loaded transcoders have d_in "
-            f"{ts.d_in}, d_out {ts.d_out}"
-        )

@@ -40,9 +40,9 @@ from typing import Any
 import torch
 from sae_lens import SAE
 from safetensors import safe_open
-from transformer_lens import HookedTransformer
 
 from sae_circuits.transcoders._clt_files import CLTFiles, LazyTensor, scan_clt_folder
+from sae_circuits.transcoders._sizes import Sizes
 from sae_circuits.transcoders.clt_sae import (
     ARCHITECTURE,
     CrossLayerTranscoder,
@@ -517,30 +517,17 @@ class CrossLayerTranscoderSet(TranscoderSet):
         active = torch.nonzero((a != 0).reshape(-1, F).any(dim=0)).flatten()
         return a[..., active] @ w.dec_rows(layer, active, offset)
 
-    def check_model(self, model: HookedTransformer) -> None:
-        """Check the CLT's sizes against ``model``; messages name the files they come from.
-
-        Raises:
-            ValueError: Layer count or widths differ from the model's.
-        """
-        L, d_model = model.cfg.n_layers, model.cfg.d_model
+    def sizes(self) -> Sizes:
+        """Layer count and widths, naming the files they were read from."""
         files = self._files
-        where = self._w.source
-        if self.n_layers != L:
-            names = (
-                f" (W_enc_0 ... W_enc_{self.n_layers - 1}.safetensors)" if files is not None else ""
-            )
-            raise ValueError(
-                f"the CLT in {where!r}{names} has {self.n_layers} layers but the model has {L}"
-            )
-        for width, which, tensor in ((self.d_in, "d_in", "W_enc"), (self.d_out, "d_out", "b_dec")):
-            if width != d_model:
-                name = (
-                    f"{str(files.enc_path(0))!r}: {tensor}_0 has width {width}"
-                    if files is not None
-                    else f"the CLT in {where!r} has {which} {width}"
-                )
-                raise ValueError(f"{name} but the model's d_model is {d_model}")
+        detail = {}
+        if files is not None:
+            detail = {
+                "n_layers": f" (W_enc_0 ... W_enc_{self.n_layers - 1}.safetensors)",
+                "d_in": f" ({str(files.enc_path(0))!r}: W_enc_0)",
+                "d_out": f" ({str(files.enc_path(0))!r}: b_dec_0)",
+            }
+        return Sizes(f"the CLT in {self._w.source!r}", self.n_layers, self.d_in, self.d_out, detail)
 
     def describe(self) -> dict[str, Any]:
         info = super().describe()

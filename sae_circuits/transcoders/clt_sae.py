@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from sae_lens import SAE, SAEConfig, register_sae_class
+from sae_lens import SAE, SAEConfig
 from sae_lens.saes.sae import SAEMetadata
 from sae_lens.util import filter_valid_dataclass_fields
 from torch import nn
@@ -55,7 +55,6 @@ __all__ = [
     "CrossLayerTranscoder",
     "CrossLayerTranscoderConfig",
     "layer_hooks",
-    "register",
 ]
 
 logger = logging.getLogger(__name__)
@@ -420,29 +419,3 @@ def _as_template(spec: HookSpec | None) -> str | list[str] | None:
             return spec
         return f"blocks.{{layer}}.{spec}"
     return [str(s) for s in spec]
-
-
-def register() -> None:
-    """Register :class:`CrossLayerTranscoder` with SAELens (idempotent, safe on reload)."""
-    from sae_lens.registry import SAE_CLASS_REGISTRY
-
-    entry = SAE_CLASS_REGISTRY.get(ARCHITECTURE)
-    if entry is None:
-        register_sae_class(ARCHITECTURE, CrossLayerTranscoder, CrossLayerTranscoderConfig)
-        return
-    cls = entry[0]
-    if cls is CrossLayerTranscoder:
-        return
-    if (cls.__module__, cls.__qualname__) == (__name__, CrossLayerTranscoder.__qualname__):
-        # this module was re-executed (importlib.reload): point SAELens at the new classes
-        SAE_CLASS_REGISTRY[ARCHITECTURE] = (CrossLayerTranscoder, CrossLayerTranscoderConfig)
-        return
-    logger.warning(
-        "SAELens architecture %r is already registered to %s.%s; leaving it as is",
-        ARCHITECTURE,
-        cls.__module__,
-        cls.__qualname__,
-    )
-
-
-register()

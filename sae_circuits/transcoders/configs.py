@@ -48,7 +48,8 @@ from typing import Any, Literal, get_args
 
 import yaml
 
-from sae_circuits.hooks import INPUT_HOOK_SUFFIXES, OUTPUT_HOOK_SUFFIXES
+from sae_circuits.core.hooks import INPUT_HOOK_SUFFIXES, OUTPUT_HOOK_SUFFIXES
+from sae_circuits.transcoders._sizes import Sizes
 
 __all__ = [
     "CONFIG_PACKAGE",
@@ -208,6 +209,12 @@ class TranscoderSetConfig:
     def where(self) -> str:
         """How to name this config in messages (its file, else its name)."""
         return str(self.path) if self.path is not None else f"transcoder config {self.name!r}"
+
+    def sizes(self) -> Sizes:
+        """Layer count and width the config promises, for the fit check."""
+        return Sizes(
+            f"transcoder config {self.name!r}", self.n_layers, self.d_model, self.d_model, width_name="d_model"
+        )
 
     def neuronpedia_id(self, layer: int) -> str | None:
         """Neuronpedia id of ``layer``'s features (``None`` when unknown)."""

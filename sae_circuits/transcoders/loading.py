@@ -44,6 +44,7 @@ from sae_lens import SAE, Transcoder
 from transformer_lens import HookedTransformer
 
 from sae_circuits.transcoders._clt_files import is_clt_folder
+from sae_circuits.transcoders._fit import check_transcoders_match
 from sae_circuits.transcoders._from_config import load_from_config
 from sae_circuits.transcoders.clt import CrossLayerTranscoderSet
 from sae_circuits.transcoders.clt_sae import ARCHITECTURE, CrossLayerTranscoder, HookSpec
@@ -96,7 +97,7 @@ def load_transcoders(
             decoders (default ``True``).
         lazy_encoder: CLT folders in the public layout only: read encoders on demand too.
         model: Optional model to check the transcoders against now (layers, widths, hooks;
-            for a config also the model name, see ``sae_circuits.models.check_transcoders_match``);
+            for a config also the model name, see ``sae_circuits.check_transcoders_match``);
             for a CLT folder the messages name the offending file.
         local_dir: Transcoder configs only: a folder holding a copy of the source repository's
             files at their paths in the repository, read instead of the Hugging Face cache
@@ -149,10 +150,6 @@ def load_transcoders(
             lazy_encoder=lazy_encoder,
         )
     if model is not None:
-        from sae_circuits.models import check_transcoders_match
-
-        if isinstance(ts, CrossLayerTranscoderSet):
-            ts.check_model(model)
         check_transcoders_match(model, ts)
     return ts
 

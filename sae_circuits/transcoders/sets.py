@@ -25,6 +25,8 @@ from typing import Any
 import torch
 from sae_lens import JumpReLUTranscoder, SkipTranscoder, Transcoder
 
+from sae_circuits.transcoders._sizes import Sizes
+
 __all__ = ["PerLayerTranscoderSet", "TranscoderSet"]
 
 
@@ -112,6 +114,10 @@ class TranscoderSet(abc.ABC):
     @property
     def device(self) -> torch.device:
         return torch.device("cpu")
+
+    def sizes(self) -> Sizes:
+        """Layer count and widths, for the fit check (:mod:`sae_circuits.transcoders._fit`)."""
+        return Sizes("the transcoders", self.n_layers, self.d_in, self.d_out, verb="have")
 
     def describe(self) -> dict[str, Any]:
         """A JSON-able identity of the set (kind, sizes, hooks) for graph metadata."""

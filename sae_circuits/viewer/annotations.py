@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sae_circuits._graph_io import atomic_write
+from sae_circuits.core.files import atomic_write
 
 try:  # POSIX only; elsewhere writers in one process are still serialised by a thread lock
     import fcntl

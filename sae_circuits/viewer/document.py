@@ -45,15 +45,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from sae_circuits._graph_io import atomic_write
 from sae_circuits._version import __version__
-from sae_circuits.export import node_ids, to_neuronpedia
-from sae_circuits.pruning import check_threshold, node_influence
+from sae_circuits.core.files import atomic_write
+from sae_circuits.graph import check_threshold, node_ids, node_influence, to_neuronpedia
 from sae_circuits.viewer.security import resolve_inside
 
 if TYPE_CHECKING:
-    from sae_circuits.graph import AttributionGraph
-    from sae_circuits.pruning import GraphScores
+    from sae_circuits.graph import AttributionGraph, GraphScores
 
 __all__ = [
     "DOCUMENT_FILE",

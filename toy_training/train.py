@@ -27,7 +27,7 @@ Method:
    thresholds and refit; saved in the public per-layer layout (``W_enc_{l}.safetensors`` with
    ``W_enc_{l}`` ``(d_sae, d_model)``, ``b_enc_{l}``, ``b_dec_{l}``, ``threshold_{l}``;
    ``W_dec_{l}.safetensors`` with ``W_dec_{l}`` ``(d_sae, L - l, d_model)``; ``config.yaml``).
-5. **Labels** (:mod:`sae_circuits.toy.labels`), the Dallas graph and swap checks, a training log
+5. **Labels** (:mod:`toy_training.labels`), the Dallas graph and swap checks, a training log
    (``training_log.json``) and, with ``--plot``, a PNG of the curves (matplotlib, imported only
    there).
 
@@ -35,8 +35,8 @@ Everything is seeded; retraining gives the same weights on the same machine, thr
 library versions.
 
 Example:
-    $ python -m sae_circuits.toy.train --out /tmp/toy-facts --plot /tmp/curves.png  # 2-8 min
-    $ python -m sae_circuits.toy.train --out /tmp/t --quick             # seconds: a smoke test
+    $ python -m toy_training.train --out /tmp/toy-facts --plot /tmp/curves.png  # 2-8 min
+    $ python -m toy_training.train --out /tmp/t --quick             # seconds: a smoke test
 """
 
 from __future__ import annotations
@@ -56,7 +56,10 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-from sae_circuits.toy.coders import (
+from sae_circuits.toy.facts import toy_tokenizer
+from toy_training.evaluate import encode_sentences, evaluate
+from sae_circuits.toy.world import World, build_world
+from toy_training.coders import (
     OUTPUT_HOOK,
     coder_stats,
     collect_activations,
@@ -66,8 +69,6 @@ from sae_circuits.toy.coders import (
     save_plt,
     train_coder,
 )
-from sae_circuits.toy.facts import encode_sentences, evaluate, toy_tokenizer
-from sae_circuits.toy.world import World, build_world
 
 __all__ = [
     "CURRICULUM_TEMPLATES",
@@ -264,7 +265,7 @@ def city_patch_flip_rate(model: HookedTransformer, world: World, max_pairs: int 
     Returns:
         The flip rate in ``[0, 1]``.
     """
-    from sae_circuits.toy.facts import _prompt_tokens
+    from toy_training.evaluate import _prompt_tokens
 
     held = [s for s in world.split("heldout") if s.template == "two_hop_capital"]
     pairs = [
@@ -353,8 +354,8 @@ def plot_log(log: dict[str, Any], path: Path) -> None:
 
 def _demo_summary(model: HookedTransformer, out: Path, labels: dict[str, Any]) -> dict[str, Any]:
     """The demo's numbers: Dallas graph (top logits, scores) and the Texas -> California swap."""
-    from sae_circuits.attribution import attribute
-    from sae_circuits.toy.facts import state_swap
+    from sae_circuits import attribute
+    from toy_training.evaluate import state_swap
     from sae_circuits.toy.world import DEMO_PROMPT
     from sae_circuits.transcoders import load_transcoders
 
@@ -402,7 +403,7 @@ def run(
         The training log (``config``, ``model`` and ``transcoders`` curves, ``summary``).
     """
     from sae_circuits.toy.facts import model_from_files
-    from sae_circuits.toy.labels import compute_labels
+    from toy_training.labels import compute_labels
 
     tc = tc or TrainConfig()
     out = Path(out)
@@ -464,7 +465,7 @@ def run(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m sae_circuits.toy.train --out DIR``: train everything, save it to ``DIR``."""
+    """``python -m toy_training.train --out DIR``: train everything, save it to ``DIR``."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--quick", action="store_true", help="tiny sizes (smoke test)")

@@ -1,4 +1,4 @@
-"""Private machinery of :mod:`sae_circuits.intervene`: the clean run and the hooks.
+"""The hooks of intervened runs and generation steps, on the replacement model's semantics.
 
 The clean run records what the intervened runs hold fixed: each transcoder's input and output,
 the clean reconstruction, attention patterns and norm scales. The hooks of an intervened run
@@ -27,10 +27,10 @@ import pandas as pd
 import torch
 from transformer_lens import HookedTransformer
 
-from sae_circuits._clean import CleanRun, clean_run, unembed_site
-from sae_circuits._intervention_input import as_tensor
-from sae_circuits.hooks import HookSite
-from sae_circuits.replacement import ResolvedTranscoders
+from sae_circuits.core.hooks import HookSite
+from sae_circuits.interventions._inputs import as_tensor
+from sae_circuits.replacement_model import CleanRun, ReplacementSemantics, clean_run, unembed_site
+from sae_circuits.transcoders import ResolvedTranscoders
 
 __all__ = [
     "CleanRun",
@@ -130,6 +130,7 @@ def intervened_hooks(
 ) -> list[tuple[HookSite | str, Any]]:
     """Hooks that run the prompt (all positions of ``clean``) with ``plan`` applied."""
     ts = resolved.transcoders
+    sem = ReplacementSemantics(ts)
     live_x: dict[int, torch.Tensor] = {}
     decoded: dict[int, torch.Tensor] = {}
     changed: dict[int, bool] = {}
@@ -173,21 +174,21 @@ def intervened_hooks(
 
     def write(layer: int) -> Callable[[torch.Tensor], torch.Tensor]:
         def fn(t: torch.Tensor) -> torch.Tensor:
-            new = clean.out[layer]
-            sources = resolved.transcoders.source_layers(layer)
+            sources = ts.source_layers(layer)
+            decoded_now = change = None
             if any(changed.get(s, False) for s in sources):
                 if mode == "direct":
-                    delta = _decoder_delta(resolved, clean, plan, sources, layer, new.shape)
+                    change = _decoder_change(sem, clean, plan, sources, layer)
                 else:
-                    recon = ts.decode(layer, {s: decoded[s] for s in sources})
-                    delta = recon.to(new.device, new.dtype) - clean.recon[layer]
-                new = new + delta
-            sk0 = clean.skip[layer]
+                    decoded_now = sem.decode(layer, decoded)
             x = live_x[layer]
-            if sk0 is not None and not torch.equal(x, clean.x_in[layer]):
-                sk = ts.skip(layer, x.to(ts.device))
-                assert sk is not None
-                new = new + (sk.to(new.device, new.dtype) - sk0)
+            new = sem.frozen_output(
+                layer,
+                clean,
+                x=None if torch.equal(x, clean.x_in[layer]) else x,
+                decoded=decoded_now,
+                decoded_change=change,
+            )
             return new[None].to(t.dtype)
 
         return fn
@@ -204,28 +205,26 @@ def intervened_hooks(
     return hooks
 
 
-def _decoder_delta(
-    resolved: ResolvedTranscoders,
+def _decoder_change(
+    sem: ReplacementSemantics,
     clean: CleanRun,
     plan: Plan,
     sources: list[int],
     out_layer: int,
-    shape: torch.Size,
 ) -> torch.Tensor:
     """``sum (new - clean) * decoder`` over the intervened features writing to ``out_layer``."""
-    ts = resolved.transcoders
     ref = clean.out[out_layer]
     dtype = torch.promote_types(ref.dtype, torch.float32)
-    out = torch.zeros(shape, dtype=dtype, device=ref.device)
+    total = None
     for s in sources:
         if s not in plan.at:
             continue
         pos, feat, value = plan.at[s]
-        a = clean.activation(s, pos, feat)
-        dec = ts.decoder_vectors(s, feat, out_layer).detach().to(dtype)
-        d = (value.to(dtype) - a.to(dtype))[:, None] * dec
-        out.index_add_(0, pos.to(out.device), d.to(out.device))
-    return out.to(ref.dtype)
+        change = value.to(dtype) - clean.activation(s, pos, feat).to(dtype)
+        part = sem.decoder_change(s, out_layer, pos, feat, change, n=ref.shape[0], dtype=dtype)
+        total = part if total is None else total + part
+    assert total is not None
+    return total.to(ref.device, ref.dtype)
 
 
 def step_hooks(resolved: ResolvedTranscoders, plan: Plan) -> list[tuple[HookSite | str, Any]]:
@@ -236,13 +235,13 @@ def step_hooks(resolved: ResolvedTranscoders, plan: Plan) -> list[tuple[HookSite
     ``scale * live``.
     """
     ts = resolved.transcoders
+    sem = ReplacementSemantics(ts)
     delta: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def read(layer: int) -> Callable[[torch.Tensor], None]:
         def fn(t: torch.Tensor) -> None:
             feat, value, scale = plan.generated[layer]
-            x = t.detach()[0]
-            acts = ts.activation_fn(layer, ts.pre_activations(layer, x.to(ts.device)))
+            acts = sem.features(layer, t.detach()[0])
             live = acts[:, feat]  # (k, m)
             new = torch.where(torch.isnan(value), scale * live, value.expand_as(live))
             delta[layer] = (feat, new - live)
@@ -250,14 +249,13 @@ def step_hooks(resolved: ResolvedTranscoders, plan: Plan) -> list[tuple[HookSite
         return fn
 
     def write(layer: int) -> Callable[[torch.Tensor], torch.Tensor | None]:
-        sources = [s for s in resolved.transcoders.source_layers(layer) if s in plan.generated]
+        sources = [s for s in ts.source_layers(layer) if s in plan.generated]
 
         def fn(t: torch.Tensor) -> torch.Tensor | None:
             total = None
             for s in sources:
                 feat, d = delta[s]
-                dec = ts.decoder_vectors(s, feat, layer).detach()  # (m, d_out)
-                add = (d.to(dec.dtype) @ dec).to(t.device, t.dtype)  # (k, d_out)
+                add = sem.decoder_change(s, layer, None, feat, d).to(t.device, t.dtype)
                 total = add if total is None else total + add
             return None if total is None else t + total[None]
 

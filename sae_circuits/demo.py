@@ -18,11 +18,11 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from sae_circuits.attribution import attribute, to_tokens
-from sae_circuits.graph import AttributionGraph
-from sae_circuits.intervene import InterventionResult, intervene
+from sae_circuits.attribution import attribute
+from sae_circuits.core.prompts import to_tokens
+from sae_circuits.graph import AttributionGraph, GraphScores
+from sae_circuits.interventions import InterventionResult, intervene
 from sae_circuits.models import load_model
-from sae_circuits.pruning import GraphScores
 from sae_circuits.transcoders.loading import load_transcoders
 
 __all__ = ["DemoReport", "run_demo"]

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from transformer_lens import HookedTransformer
 
-from sae_circuits.toy.facts import encode_sentences
+from toy_training.evaluate import encode_sentences
 from sae_circuits.toy.world import World
 
 __all__ = [
@@ -288,7 +288,7 @@ def replacement_accuracy(
     model: HookedTransformer, coder: SparseCoder, sentences: Sequence[Any]
 ) -> float:
     """Top-1 answer accuracy with every MLP replaced by the transcoders (no error terms)."""
-    from sae_circuits.toy.facts import _prompt_tokens
+    from toy_training.evaluate import _prompt_tokens
 
     tokens, last, answers = _prompt_tokens(model, list(sentences))
     L = model.cfg.n_layers

@@ -24,82 +24,13 @@ from dataclasses import dataclass, field
 import torch
 from transformer_lens import HookedTransformer
 
-from sae_circuits.hooks import (
-    INPUT_HOOK_SUFFIXES,
-    OUTPUT_HOOK_SUFFIXES,
-    HookSite,
-    resolve_hook,
-    scoped_hooks,
-)
-from sae_circuits.transcoders.sets import TranscoderSet
+from sae_circuits.core.hooks import scoped_hooks
+from sae_circuits.replacement_model._semantics import ReplacementSemantics
+from sae_circuits.transcoders import TranscoderSet, check_compatible
 
-__all__ = ["ReplacementState", "ResolvedTranscoders", "check_compatible", "replacement"]
+__all__ = ["ReplacementState", "replacement"]
 
 FeatureHook = Callable[[int, torch.Tensor], torch.Tensor]
-
-
-@dataclass(frozen=True)
-class ResolvedTranscoders:
-    """A transcoder set whose hooks were checked against a model.
-
-    Attributes:
-        transcoders: The set.
-        inputs: Per layer, where the transcoder reads.
-        outputs: Per layer, where it writes.
-    """
-
-    transcoders: TranscoderSet
-    inputs: tuple[HookSite, ...]
-    outputs: tuple[HookSite, ...]
-
-
-def check_compatible(model: HookedTransformer, transcoders: TranscoderSet) -> ResolvedTranscoders:
-    """Check that ``transcoders`` fit ``model`` before any work is done.
-
-    Args:
-        model: The model.
-        transcoders: The transcoder set.
-
-    Returns:
-        The resolved hook sites.
-
-    Raises:
-        ValueError: Wrong number of layers, widths that differ from ``d_model``, hook names the
-            model lacks (the message names the hook, the layer and close valid names), or a hook
-            in another block than the transcoder's layer.
-    """
-    if not isinstance(transcoders, TranscoderSet):
-        raise TypeError(
-            f"expected a TranscoderSet (see sae_circuits.load_transcoders), got {type(transcoders).__name__}"
-        )
-    n_layers, d_model = model.cfg.n_layers, model.cfg.d_model
-    if transcoders.n_layers != n_layers:
-        raise ValueError(
-            f"the transcoders cover {transcoders.n_layers} layers but the model has {n_layers}; "
-            "attribution needs one transcoder per layer"
-        )
-    for width, which in ((transcoders.d_in, "d_in"), (transcoders.d_out, "d_out")):
-        if width != d_model:
-            raise ValueError(
-                f"the transcoders' {which} is {width} but the model's d_model is {d_model}"
-            )
-    ins, outs = [], []
-    for layer in range(n_layers):
-        pairs = (
-            (transcoders.input_hooks[layer], "input", INPUT_HOOK_SUFFIXES, ins),
-            (transcoders.output_hooks[layer], "output", OUTPUT_HOOK_SUFFIXES, outs),
-        )
-        for name, which, allowed, into in pairs:
-            site = resolve_hook(
-                model, name, role=f"layer {layer} transcoder {which} hook", allowed_suffixes=allowed
-            )
-            if site.layer != layer:
-                raise ValueError(
-                    f"layer {layer} transcoder {which} hook {name!r} is in block {site.layer}; "
-                    f"expected blocks.{layer}.*"
-                )
-            into.append(site)
-    return ResolvedTranscoders(transcoders, tuple(ins), tuple(outs))
 
 
 @dataclass
@@ -142,7 +73,7 @@ def replacement(
         A :class:`ReplacementState` filled by each forward pass.
     """
     resolved = check_compatible(model, transcoders)
-    ts = resolved.transcoders
+    sem = ReplacementSemantics(resolved.transcoders)
     state = ReplacementState()
     inputs: dict[int, torch.Tensor] = {}
     dense: dict[int, torch.Tensor] = {}
@@ -150,7 +81,7 @@ def replacement(
     def read(layer: int) -> Callable[[torch.Tensor], None]:
         def fn(x: torch.Tensor) -> None:
             inputs[layer] = x
-            acts = ts.activation_fn(layer, ts.pre_activations(layer, x))
+            acts = sem.features(layer, x)
             if feature_hook is not None:
                 acts = feature_hook(layer, acts)
             dense[layer] = acts
@@ -160,18 +91,13 @@ def replacement(
 
     def write(layer: int) -> Callable[[torch.Tensor], torch.Tensor]:
         def fn(out: torch.Tensor) -> torch.Tensor:
-            needed = {s: dense[s] for s in ts.source_layers(layer)}
-            recon = ts.decode(layer, needed)
-            skip = ts.skip(layer, inputs[layer])
-            if skip is not None:
-                recon = recon + skip
-            recon = recon.to(out.dtype)
+            recon = sem.reconstruction(layer, inputs[layer], dense, like=out)
             if errors is not None and layer in errors:
                 err = errors[layer].to(out.device, out.dtype)
             else:
-                err = (out - recon).detach()
+                err = sem.error(recon, out).detach()
             state.errors[layer] = err.expand_as(out).detach()
-            return recon + err
+            return sem.output(recon, err)
 
         return fn
 

@@ -43,19 +43,19 @@ import pandas as pd
 import torch
 from transformer_lens import HookedTransformer
 
-from sae_circuits._generate import GenerationResult, generate
-from sae_circuits._intervention_input import (
+from sae_circuits.core.hooks import scoped_hooks
+from sae_circuits.core.prompts import Prompt, to_tokens
+from sae_circuits.graph import AttributionGraph
+from sae_circuits.interventions._generate import GenerationResult, generate
+from sae_circuits.interventions._hooks import Recorded, clean_run, intervened_hooks, make_plan
+from sae_circuits.interventions._inputs import (
     Interventions,
     Targets,
     as_tensor,
     parse_interventions,
     parse_targets,
 )
-from sae_circuits._interventions import Recorded, clean_run, intervened_hooks, make_plan
-from sae_circuits.attribution import Prompt, to_tokens
-from sae_circuits.graph import AttributionGraph
-from sae_circuits.hooks import scoped_hooks
-from sae_circuits.replacement import check_compatible
+from sae_circuits.transcoders import check_compatible
 from sae_circuits.transcoders.sets import TranscoderSet
 
 __all__ = [

@@ -2,8 +2,8 @@
 
 One no-grad forward pass of the user's model (scoped hooks) records each transcoder's input and
 output, the feature activations, the clean reconstruction and skip terms, and, when asked, every
-attention pattern and norm scale and any other named activations. Attribution (``_tracing``) and
-interventions (``_interventions``) both start from it.
+attention pattern and norm scale and any other named activations. Attribution and interventions
+both start from it; features, decoder writes and skip terms come from :mod:`._semantics`.
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ from typing import Any
 import torch
 from transformer_lens import HookedTransformer
 
-from sae_circuits.hooks import HookSite, scoped_hooks
-from sae_circuits.replacement import ResolvedTranscoders
+from sae_circuits.core.hooks import HookSite, scoped_hooks
+from sae_circuits.replacement_model._semantics import ReplacementSemantics
+from sae_circuits.transcoders import ResolvedTranscoders
 
 __all__ = ["FROZEN_SUFFIXES", "CleanRun", "clean_run", "unembed_site"]
 
@@ -52,6 +53,12 @@ class CleanRun:
     logits: torch.Tensor
     logits_presoftcap: torch.Tensor
     extra: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def error(self, layer: int) -> torch.Tensor:
+        """``(n, d_out)`` the clean error term of ``layer``: output minus reconstruction + skip."""
+        recon = self.recon[layer]
+        skip = self.skip[layer]
+        return ReplacementSemantics.error(recon if skip is None else recon + skip, self.out[layer])
 
     def activation(
         self, layer: int, positions: torch.Tensor, features: torch.Tensor
@@ -132,6 +139,7 @@ def clean_run(
         raise RuntimeError(f"transcoder hooks did not fire for layers {missing}")
     xs = [x for x in x_in if x is not None]
     outs = [o for o in out if o is not None]
+    sem = ReplacementSemantics(ts)
     acts, recon, skip = [], [], []
     with torch.no_grad():
         for layer in range(n_layers):
@@ -140,16 +148,15 @@ def clean_run(
                 raise FloatingPointError(
                     f"non-finite values at {resolved.inputs[layer].name} (layer {layer} transcoder input)"
                 )
-            a = ts.activation_fn(layer, ts.pre_activations(layer, x.to(ts.device)))
+            a = sem.features(layer, x)
             if not torch.isfinite(a).all():
                 raise FloatingPointError(f"non-finite feature activations at layer {layer}")
             if attention_sink:
                 a[0] = 0
             acts.append(a.to_sparse().coalesce())
         for layer in range(n_layers):
-            needed = {s: acts[s] for s in ts.source_layers(layer)}
-            recon.append(ts.decode(layer, needed).to(device, outs[layer].dtype))
-            sk = ts.skip(layer, xs[layer].to(ts.device))
+            recon.append(sem.decode(layer, acts).to(device, outs[layer].dtype))
+            sk = sem.skip(layer, xs[layer])
             skip.append(None if sk is None else sk.to(device, outs[layer].dtype))
     return CleanRun(
         tokens=tokens.cpu(),

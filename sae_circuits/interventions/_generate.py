@@ -18,17 +18,17 @@ import pandas as pd
 import torch
 from transformer_lens import HookedTransformer, TransformerLensKeyValueCache
 
-from sae_circuits._intervention_input import Interventions, parse_interventions
-from sae_circuits._interventions import (
+from sae_circuits.core.hooks import scoped_hooks
+from sae_circuits.core.prompts import Prompt, to_tokens
+from sae_circuits.interventions._hooks import (
     Recorded,
     clean_run,
     intervened_hooks,
     make_plan,
     step_hooks,
 )
-from sae_circuits.attribution import Prompt, to_tokens
-from sae_circuits.hooks import scoped_hooks
-from sae_circuits.replacement import check_compatible
+from sae_circuits.interventions._inputs import Interventions, parse_interventions
+from sae_circuits.transcoders import check_compatible
 from sae_circuits.transcoders.sets import TranscoderSet
 
 __all__ = ["GenerationResult", "generate"]

@@ -49,10 +49,10 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from sae_circuits.influence import propagate, row_normalize
+from sae_circuits.graph._influence import propagate, row_normalize
 
 if TYPE_CHECKING:
-    from sae_circuits.graph import AttributionGraph
+    from sae_circuits.graph._graph import AttributionGraph
 
 __all__ = [
     "GraphScores",

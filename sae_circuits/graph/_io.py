@@ -33,14 +33,12 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import json
 import logging
 import math
 import os
-import secrets
 import zipfile
 import zlib
 from collections.abc import Callable, Mapping
@@ -52,15 +50,15 @@ import pandas as pd
 import scipy.sparse as sp
 
 from sae_circuits._version import __version__
+from sae_circuits.core.files import atomic_write
 
 if TYPE_CHECKING:
-    from sae_circuits.graph import AttributionGraph
+    from sae_circuits.graph._graph import AttributionGraph
 
 __all__ = [
     "FORMAT_NAME",
     "FORMAT_VERSION",
     "GraphFileError",
-    "atomic_write",
     "load_graph",
     "save_graph",
 ]
@@ -77,55 +75,6 @@ _NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 
 class GraphFileError(ValueError):
     """A graph file that cannot be read: truncated, corrupted, not a graph file, or too new."""
-
-
-# ---------------------------------------------------------------------------------------------
-# atomic writing
-
-
-def atomic_write(path: str | os.PathLike[str], write: Callable[[Any], None]) -> Path:
-    """Write a file through ``write(binary_file)`` so that ``path`` is either untouched or complete.
-
-    The data goes to a new temporary file in the same folder, is flushed and ``fsync``\\ ed, then
-    renamed over ``path`` (``os.replace``, atomic on POSIX and Windows); on any error the
-    temporary file is removed and ``path`` is left as it was.
-
-    Args:
-        path: Destination file.
-        write: Called once with the open binary file.
-
-    Returns:
-        ``path`` as a ``Path``.
-    """
-    path = Path(path)
-    if path.is_dir():
-        raise IsADirectoryError(f"{path} is a directory; give a file name")
-    folder = path.parent
-    if not folder.is_dir():
-        raise FileNotFoundError(f"folder {folder} does not exist")
-    tmp = folder / f".{path.name}.{secrets.token_hex(6)}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    try:  # make the rename itself durable (POSIX; not possible everywhere)
-        dir_fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return path
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
-    return path
 
 
 # ---------------------------------------------------------------------------------------------

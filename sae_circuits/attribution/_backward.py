@@ -29,10 +29,10 @@ import torch
 from torch.func import vjp, vmap
 from transformer_lens import HookedTransformer
 
-from sae_circuits._clean import clean_run
-from sae_circuits._frozen_attention import frozen_mix
-from sae_circuits.hooks import HookSite, scoped_hooks
-from sae_circuits.replacement import ResolvedTranscoders
+from sae_circuits.attribution._frozen_attention import frozen_mix
+from sae_circuits.core.hooks import HookSite, scoped_hooks
+from sae_circuits.replacement_model import CleanRun, ReplacementSemantics, clean_run
+from sae_circuits.transcoders import ResolvedTranscoders
 
 __all__ = ["RowSlice", "Trace", "trace"]
 
@@ -292,7 +292,6 @@ def trace(
     # 2. features and error vectors (none at an attention sink)
     f_layer, f_pos, f_idx, f_act = [], [], [], []
     errors = torch.empty(n_layers, n, d_model, dtype=dtype, device=device)
-    skip_clean: dict[int, torch.Tensor] = {}
     for layer in range(n_layers):
         pos, feat = clean.acts[layer].indices()
         vals = clean.acts[layer].values()
@@ -300,12 +299,7 @@ def trace(
         f_pos.append(pos)
         f_idx.append(feat)
         f_act.append(vals)
-        recon = clean.recon[layer]
-        skip = clean.skip[layer]
-        if skip is not None:
-            skip_clean[layer] = skip
-            recon = recon + skip
-        errors[layer] = clean.out[layer] - recon
+        errors[layer] = clean.error(layer)
     if attention_sink:
         errors[:, 0] = 0
 
@@ -332,7 +326,7 @@ def trace(
     # 3. each block, replayed frozen, and its vector-Jacobian product
     vjps, out_shapes, in_shapes = [], [], []
     for layer in range(n_layers):
-        block = _FrozenBlock(model, resolved, layer, cache, skip_clean.get(layer))
+        block = _FrozenBlock(model, resolved, layer, cache, clean)
         resid = cache[f"resid{layer}"]
         # an outer no_grad: the model's parameters require grad, and without it every row
         # batch would record (and hold on to) an autograd graph of its own backward pass
@@ -382,17 +376,17 @@ class _FrozenBlock:
         resolved: ResolvedTranscoders,
         layer: int,
         cache: dict[str, torch.Tensor],
-        skip_clean: torch.Tensor | None,
+        clean: CleanRun,
     ) -> None:
         self.model, self.resolved, self.layer = model, resolved, layer
-        self.cache, self.skip_clean = cache, skip_clean
+        self.cache, self.clean = cache, clean
+        self.semantics = ReplacementSemantics(resolved.transcoders)
 
     def __call__(
         self, resid: torch.Tensor, source: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         model, layer, cache = self.model, self.layer, self.cache
         last = layer == model.cfg.n_layers - 1
-        ts = self.resolved.transcoders
         prefix = f"blocks.{layer}."
         box: dict[str, torch.Tensor] = {}
 
@@ -407,12 +401,9 @@ class _FrozenBlock:
             return fn
 
         def write(t: torch.Tensor) -> torch.Tensor:
-            new = cache[f"out{layer}"] + source
-            if self.skip_clean is not None:
-                skip = ts.skip(layer, box["x"][0])
-                assert skip is not None
-                new = new + (skip.to(new.dtype) - self.skip_clean)[None]
-            return new
+            # the replacement MLP with its features and error frozen: only the skip path is live
+            frozen = self.semantics.frozen_output(layer, self.clean, x=box["x"][0])
+            return frozen[None] + source
 
         hooks: list[tuple[HookSite | str, object]] = []
         for name in cache:

@@ -50,14 +50,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from sae_circuits._graph_io import atomic_write
 from sae_circuits._version import __version__
-from sae_circuits.pruning import cumulative_influence, node_influence
+from sae_circuits.core.files import atomic_write
+from sae_circuits.graph._pruning import cumulative_influence, node_influence
 
 if TYPE_CHECKING:
     import networkx
 
-    from sae_circuits.graph import AttributionGraph
+    from sae_circuits.graph._graph import AttributionGraph
 
 __all__ = ["node_ids", "save_neuronpedia", "to_networkx", "to_neuronpedia"]
 

@@ -5,8 +5,8 @@
 It accepts a TransformerLens model name, a transcoder config name or YAML file (the config's
 model), and ``"toy-facts"`` (the shipped toy model, offline).
 
-:func:`check_transcoders_match` says clearly when transcoders were made for another model
-(model name, layer count, width, hooks).
+``load_model(..., transcoders=...)`` checks them with
+:func:`sae_circuits.transcoders.check_transcoders_match` (model name, layer count, width, hooks).
 
 Example:
     >>> import sae_circuits as sc
@@ -19,7 +19,6 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import difflib
 import logging
 import os
@@ -28,15 +27,15 @@ from typing import Any
 import torch
 from transformer_lens import HookedTransformer
 
-from sae_circuits.transcoders._from_config import default_device
-from sae_circuits.transcoders.configs import (
+from sae_circuits.core.devices import default_device
+from sae_circuits.transcoders import (
     TranscoderSetConfig,
+    check_transcoders_match,
     list_configs,
     load_config,
 )
-from sae_circuits.transcoders.sets import PerLayerTranscoderSet, TranscoderSet
 
-__all__ = ["TOY_MODEL", "ModelUnavailableError", "check_transcoders_match", "load_model"]
+__all__ = ["TOY_MODEL", "ModelUnavailableError", "load_model"]
 
 logger = logging.getLogger(__name__)
 
@@ -194,101 +193,3 @@ def _unavailable(official: str, exc: BaseException) -> ModelUnavailableError | N
         "and pass it: load_model(name, hf_model=AutoModelForCausalLM.from_pretrained(FOLDER), "
         "tokenizer=AutoTokenizer.from_pretrained(FOLDER))"
     )
-
-
-def _canonical(name: str | None) -> str | None:
-    """A comparable model name: TransformerLens' official name, lower-cased, without the org."""
-    if not name:
-        return None
-    from transformer_lens.loading_from_pretrained import get_official_model_name
-
-    with contextlib.suppress(ValueError):
-        name = get_official_model_name(name)
-    return name.split("/")[-1].lower()
-
-
-def _transcoders_model(ts: TranscoderSet) -> tuple[str | None, str]:
-    """The model name a set was made for, and where it comes from (for messages)."""
-    config = getattr(ts, "transcoder_config", None)
-    if isinstance(config, TranscoderSetConfig):
-        return config.model, f"transcoder config {config.name!r} ({config.where})"
-    if isinstance(ts, PerLayerTranscoderSet):
-        for layer, tc in enumerate(ts.transcoders):
-            name = tc.cfg.metadata.model_name
-            if name:
-                return str(name), f"cfg.metadata.model_name of layer {layer}'s transcoder"
-    return None, ""
-
-
-def check_transcoders_match(
-    model: HookedTransformer,
-    transcoders: TranscoderSet | TranscoderSetConfig | str | os.PathLike[str],
-    *,
-    check_name: bool = True,
-) -> None:
-    """Check that transcoders were made for ``model``.
-
-    Compares the model name (``model.cfg.model_name`` against the config's ``model`` or the
-    transcoders' ``cfg.metadata.model_name``, through TransformerLens' official names, when both
-    are known), the number of layers and the width; for a transcoder set also that every hook
-    exists on the model (``sae_circuits.replacement.check_compatible``).
-
-    Args:
-        model: The model.
-        transcoders: A transcoder set, a config, a config name or a YAML config path.
-        check_name: Compare model names (turn off for a fine-tuned copy of the model).
-
-    Raises:
-        ValueError: The transcoders were made for another model (the message names both), or
-            layers, widths or hooks do not fit.
-    """
-    if isinstance(transcoders, (str, os.PathLike)):
-        from sae_circuits.transcoders.configs import resolve_config
-
-        transcoders = resolve_config(transcoders)
-    if isinstance(transcoders, TranscoderSetConfig):
-        made_for, where = transcoders.model, f"transcoder config {transcoders.name!r}"
-    elif isinstance(transcoders, TranscoderSet):
-        made_for, where = _transcoders_model(transcoders)
-    else:
-        raise TypeError(
-            "check_transcoders_match: expected a TranscoderSet, a transcoder config or a config "
-            f"name, got {type(transcoders).__name__}"
-        )
-    mine = model.cfg.model_name
-    if check_name and made_for and _canonical(made_for) != _canonical(mine):
-        raise ValueError(
-            f"the transcoders were made for model {made_for!r} ({where}) but the model is "
-            f"{mine!r}; load the matching model (sae_circuits.models.load_model"
-            f"({made_for!r})) or transcoders made for {mine!r} (pass check_name=False for a "
-            "fine-tuned copy with the same architecture)"
-        )
-    if isinstance(transcoders, TranscoderSetConfig):
-        _check_config_sizes(model, transcoders)
-        return
-    from sae_circuits.replacement import check_compatible
-
-    check_compatible(model, transcoders)
-
-
-def _check_config_sizes(model: HookedTransformer, config: TranscoderSetConfig) -> None:
-    from sae_circuits.hooks import resolve_hook
-
-    n_layers, d_model = model.cfg.n_layers, model.cfg.d_model
-    if config.n_layers != n_layers:
-        raise ValueError(
-            f"transcoder config {config.name!r} covers {config.n_layers} layers but the model "
-            f"{model.cfg.model_name!r} has {n_layers}"
-        )
-    if config.d_model is not None and config.d_model != d_model:
-        raise ValueError(
-            f"transcoder config {config.name!r} has d_model {config.d_model} but the model "
-            f"{model.cfg.model_name!r} has d_model {d_model}"
-        )
-    for layer in range(n_layers):
-        for suffix, which in ((config.hooks.input, "input"), (config.hooks.output, "output")):
-            resolve_hook(
-                model,
-                f"blocks.{layer}.{suffix}",
-                role=f"transcoder config {config.name!r} layer {layer} {which} hook",
-            )

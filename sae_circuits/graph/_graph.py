@@ -41,7 +41,7 @@ import scipy.sparse as sp
 if TYPE_CHECKING:
     import networkx
 
-    from sae_circuits.pruning import GraphScores
+    from sae_circuits.graph._pruning import GraphScores
 
 __all__ = ["NODE_COLUMNS", "AttributionGraph", "NodeKind"]
 
@@ -142,7 +142,7 @@ class AttributionGraph:
             TypeError: A threshold is not a number.
             ValueError: A threshold is outside ``[0, 1]``, or the graph has no usable logits.
         """
-        from sae_circuits.pruning import prune_graph
+        from sae_circuits.graph._pruning import prune_graph
 
         return prune_graph(self, node_threshold=node_threshold, edge_threshold=edge_threshold)
 
@@ -155,7 +155,7 @@ class AttributionGraph:
         Raises:
             ValueError: The graph has no usable logit nodes.
         """
-        from sae_circuits.pruning import graph_scores
+        from sae_circuits.graph._pruning import graph_scores
 
         return graph_scores(self)
 
@@ -171,7 +171,7 @@ class AttributionGraph:
         Raises:
             TypeError: ``metadata`` or a column holds values the format cannot store.
         """
-        from sae_circuits._graph_io import save_graph
+        from sae_circuits.graph._io import save_graph
 
         return save_graph(self, path)
 
@@ -183,7 +183,7 @@ class AttributionGraph:
             FileNotFoundError: No such file.
             sae_circuits.GraphFileError: Truncated, corrupted, foreign or newer-format file.
         """
-        from sae_circuits._graph_io import load_graph
+        from sae_circuits.graph._io import load_graph
 
         return load_graph(path, factory=cls)
 
@@ -196,7 +196,7 @@ class AttributionGraph:
         Raises:
             ImportError: networkx is missing (``pip install sae-circuits[networkx]``).
         """
-        from sae_circuits.export import to_networkx
+        from sae_circuits.graph._export import to_networkx
 
         return to_networkx(self)
 

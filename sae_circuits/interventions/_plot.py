@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from sae_circuits.graph import AttributionGraph
-    from sae_circuits.supernodes import SupernodeExperiment
+    from sae_circuits.interventions._supernodes import SupernodeExperiment
 
 __all__ = ["plot_experiment"]
 

@@ -1,0 +1,17 @@
+"""Attribution: the graph of direct effects in the frozen local replacement model.
+
+Floor 3 (above :mod:`sae_circuits.replacement_model` and :mod:`sae_circuits.graph`).
+:func:`attribute` runs in phases: the clean pass (``replacement_model``), each block's frozen
+replay and its vector-Jacobian product (:mod:`._backward`, with the batched frozen-attention rule
+of :mod:`._frozen_attention`), rows of targets in bounded slices stored sparse (:mod:`._rows`),
+influence-ordered visiting of features, and assembly into an ``AttributionGraph`` by the node
+layout of :mod:`sae_circuits.graph`.
+
+Example:
+    >>> graph = attribute(model, "The capital of the state containing Dallas is", transcoders)
+"""
+
+from sae_circuits.attribution._attribute import attribute, select_logits
+from sae_circuits.attribution._backward import RowSlice, Trace, trace
+
+__all__ = ["RowSlice", "Trace", "attribute", "select_logits", "trace"]
