@@ -23,6 +23,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
+from sae_circuits.graph import node_id
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -187,7 +189,9 @@ def _feature_labels(model_name: str, transcoders: str, graph: AttributionGraph) 
     ):
         layer_labels = labels.get(int(layer), [])
         if int(feature) < len(layer_labels):
-            out[f"{int(layer)}_{int(feature)}_{int(pos)}"] = str(layer_labels[int(feature)])
+            out[node_id("feature", layer=int(layer), feature=int(feature), position=int(pos))] = (
+                str(layer_labels[int(feature)])
+            )
     return out
 
 
@@ -245,7 +249,12 @@ def print_summary(
     if len(feats):
         print(f"top features by influence (of {len(feats)} kept):")
         for _, row in feats.nlargest(top, "influence").iterrows():
-            key = f"{row['layer']}_{row['feature']}_{row['position']}"
+            key = node_id(
+                "feature",
+                layer=int(row["layer"]),
+                feature=int(row["feature"]),
+                position=int(row["position"]),
+            )
             label = f"  {labels[key]}" if key in labels else ""
             print(
                 f"  {_describe(row):<18} act={_fmt(row['activation'])}  "

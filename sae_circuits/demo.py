@@ -20,10 +20,10 @@ import pandas as pd
 
 from sae_circuits.attribution import attribute
 from sae_circuits.core.prompts import to_tokens
-from sae_circuits.graph import AttributionGraph, GraphScores
+from sae_circuits.graph import AttributionGraph, GraphScores, node_id
 from sae_circuits.interventions import InterventionResult, intervene
 from sae_circuits.models import load_model
-from sae_circuits.transcoders.loading import load_transcoders
+from sae_circuits.transcoders import load_transcoders
 
 __all__ = ["DemoReport", "run_demo"]
 
@@ -104,9 +104,9 @@ def run_demo(
     for layer, feature, pos in zip(
         all_feats["layer"], all_feats["feature"], all_feats["position"], strict=True
     ):
-        labels[f"{int(layer)}_{int(feature)}_{int(pos)}"] = labels_by_layer[int(layer)][
-            int(feature)
-        ]
+        labels[node_id("feature", layer=int(layer), feature=int(feature), position=int(pos))] = (
+            labels_by_layer[int(layer)][int(feature)]
+        )
 
     # the swap: Texas features off at the city, Oakland's California features on
     city = tokens.index("dallas")

@@ -223,11 +223,16 @@ def test_bad_prompts():
 
 def test_transcoders_that_do_not_fit():
     model, tcs = build("gpt2")
-    with pytest.raises(ValueError, match="the transcoders have 2 layers but the model .* has 3 layers; attribution needs one transcoder per layer"):
+    with pytest.raises(
+        ValueError,
+        match=r"the transcoders have 2 layers but the model .* has 3 layers; attribution needs one transcoder per layer",
+    ):
         sc.attribute(model, PROMPT, sc.load_transcoders(tcs[:2]))
     _, other_tcs = build("gpt2")
     small = sc.toy.tiny_model("gpt2", d_model=16, n_heads=2)
-    with pytest.raises(ValueError, match="the transcoders have d_in 32 but the model .* has d_model 16"):
+    with pytest.raises(
+        ValueError, match=r"the transcoders have d_in 32 but the model .* has d_model 16"
+    ):
         sc.attribute(small, PROMPT, sc.load_transcoders(other_tcs))
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import importlib
 import json
 
 import numpy as np
@@ -436,7 +435,8 @@ def test_folder_that_does_not_fit_the_model(public):
     assert sc.load_transcoders(public, model=model).n_layers == 3
     deeper = tiny_model("llama", n_layers=4)
     with pytest.raises(
-        ValueError, match=r"\(W_enc_0 ... W_enc_2.safetensors\) has 3 layers but the model '.*' has 4 layers"
+        ValueError,
+        match=r"\(W_enc_0 ... W_enc_2.safetensors\) has 3 layers but the model '.*' has 4 layers",
     ):
         sc.load_transcoders(public, model=deeper)
     wider = tiny_model("llama", d_model=48)

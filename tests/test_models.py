@@ -10,7 +10,6 @@ import torch
 from transformer_lens import HookedTransformer
 
 import sae_circuits as sc
-from sae_circuits import models
 from sae_circuits.models import ModelUnavailableError, load_model
 from sae_circuits.transcoders import configs as cfgs
 from sae_circuits.transcoders._fit import check_transcoders_match
@@ -113,7 +112,10 @@ def test_check_against_configs():
         match=r"made for model 'gemma-2-2b' \(transcoder config 'gemma-2-2b-gemmascope'\) but the model is 'custom'",
     ):
         check_transcoders_match(model, "gemma-2-2b-gemmascope")
-    with pytest.raises(ValueError, match="transcoder config 'gemma-2-2b-gemmascope' has 26 layers but the model 'custom' has 3 layers"):
+    with pytest.raises(
+        ValueError,
+        match="transcoder config 'gemma-2-2b-gemmascope' has 26 layers but the model 'custom' has 3 layers",
+    ):
         check_transcoders_match(model, gemmascope, check_name=False)
     mine = dataclasses.replace(gemmascope, model="custom", n_layers=3)
     with pytest.raises(ValueError, match="has d_model 2304 but the model 'custom' has d_model 32"):
@@ -154,7 +156,9 @@ def test_check_against_transcoder_sets():
             tc.cfg.metadata.model_name = None
     other, _ = build("llama", "skip")
     small = HookedTransformer(dataclasses.replace(other.cfg, n_layers=2))
-    with pytest.raises(ValueError, match="the transcoders have 3 layers but the model .* has 2 layers"):
+    with pytest.raises(
+        ValueError, match=r"the transcoders have 3 layers but the model .* has 2 layers"
+    ):
         check_transcoders_match(small, ts)
     with pytest.raises(TypeError, match="expected a TranscoderSet"):
         check_transcoders_match(model, tcs)  # type: ignore[arg-type]

@@ -24,8 +24,8 @@ from sae_circuits.toy.facts import (
     load_toy_world,
     toy_transcoders_path,
 )
-from toy_training.evaluate import answer_accuracy, place_features, state_swap
 from sae_circuits.toy.world import DEMO_ANSWER, DEMO_PROMPT, SWAP_ANSWER, SWAP_PROMPT, build_world
+from toy_training.evaluate import answer_accuracy, place_features, state_swap
 
 #: Top-1 accuracy floor on held-out two-hop questions (the model never saw them).
 HELDOUT_TWO_HOP_FLOOR = 0.8

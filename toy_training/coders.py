@@ -32,8 +32,8 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from transformer_lens import HookedTransformer
 
-from toy_training.evaluate import encode_sentences
 from sae_circuits.toy.world import World
+from toy_training.evaluate import encode_sentences
 
 __all__ = [
     "INPUT_HOOK",

@@ -57,7 +57,6 @@ from safetensors.torch import save_file
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from sae_circuits.toy.facts import toy_tokenizer
-from toy_training.evaluate import encode_sentences, evaluate
 from sae_circuits.toy.world import World, build_world
 from toy_training.coders import (
     OUTPUT_HOOK,
@@ -69,6 +68,7 @@ from toy_training.coders import (
     save_plt,
     train_coder,
 )
+from toy_training.evaluate import encode_sentences, evaluate
 
 __all__ = [
     "CURRICULUM_TEMPLATES",
@@ -355,9 +355,9 @@ def plot_log(log: dict[str, Any], path: Path) -> None:
 def _demo_summary(model: HookedTransformer, out: Path, labels: dict[str, Any]) -> dict[str, Any]:
     """The demo's numbers: Dallas graph (top logits, scores) and the Texas -> California swap."""
     from sae_circuits import attribute
-    from toy_training.evaluate import state_swap
     from sae_circuits.toy.world import DEMO_PROMPT
     from sae_circuits.transcoders import load_transcoders
+    from toy_training.evaluate import state_swap
 
     result: dict[str, Any] = {}
     for kind, folder in (("plt", "transcoders"), ("clt", "clt")):

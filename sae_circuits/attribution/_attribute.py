@@ -38,7 +38,7 @@ from sae_circuits.attribution._backward import RowSlice, Trace, trace
 from sae_circuits.attribution._rows import RowStore
 from sae_circuits.core.progress import progress_bar
 from sae_circuits.core.prompts import Prompt, to_tokens, token_strings
-from sae_circuits.graph import AttributionGraph, propagate_chunks
+from sae_circuits.graph import AttributionGraph, NodeLayout, propagate_chunks
 from sae_circuits.transcoders import check_compatible
 from sae_circuits.transcoders.sets import TranscoderSet
 
@@ -249,16 +249,11 @@ def _assemble(
 ) -> AttributionGraph:
     n_layers, n, n_active = tr.n_layers, tr.n_pos, tr.n_active
     n_sel, n_logits = len(visited), len(logit_ids)
-    n_nodes = n_sel + (n_layers + 1) * n + n_logits
-    # source column -> node index (unvisited features dropped)
-    col_map = np.full(tr.n_sources, -1, dtype=np.int64)
-    col_map[visited] = np.arange(n_sel)
-    col_map[n_active:] = np.arange(n_sel, n_sel + (n_layers + 1) * n)
-    # row node (active feature id, or n_sources + logit j) -> node index
-    row_map = np.full(tr.n_sources + n_logits, -1, dtype=np.int64)
-    row_map[visited] = np.arange(n_sel)
-    row_map[tr.n_sources :] = np.arange(n_nodes - n_logits, n_nodes)
-    adjacency = rows.assemble(row_map, col_map, n_nodes)
+    layout = NodeLayout(n_sel, n_layers, n, n_logits)
+    n_nodes = layout.n_nodes
+    adjacency = rows.assemble(
+        layout.row_map(visited, n_active), layout.column_map(visited, n_active), n_nodes
+    )
 
     tokens = tr.tokens.tolist()
     logit_list = logit_ids.tolist()
@@ -266,7 +261,7 @@ def _assemble(
     logit_str = token_strings(model, logit_list)
     sel = torch.from_numpy(visited)
     na = pd.NA
-    kind = ["feature"] * n_sel + ["error"] * (n_layers * n) + ["token"] * n + ["logit"] * n_logits
+    kind = layout.kinds()
     layer = [*tr.feature_layer[sel].tolist(), *np.repeat(np.arange(n_layers), n).tolist()]
     layer += [na] * (n + n_logits)
     position = [*tr.feature_pos[sel].tolist(), *np.tile(np.arange(n), n_layers).tolist()]

@@ -31,6 +31,7 @@ from transformer_lens import HookedTransformer
 
 from sae_circuits.attribution._frozen_attention import frozen_mix
 from sae_circuits.core.hooks import HookSite, scoped_hooks
+from sae_circuits.graph import NodeLayout
 from sae_circuits.replacement_model import CleanRun, ReplacementSemantics, clean_run
 from sae_circuits.transcoders import ResolvedTranscoders
 
@@ -103,7 +104,7 @@ class Trace:
     @property
     def n_sources(self) -> int:
         """Columns of a row: active features, then errors (layer-major), then tokens."""
-        return self.n_active + (self.n_layers + 1) * self.n_pos
+        return NodeLayout.n_sources(self.n_active, self.n_layers, self.n_pos)
 
     def encoder_vectors(self, rows: torch.Tensor) -> torch.Tensor:
         """Encoder directions ``(k, d_in)`` of the active features ``rows``."""

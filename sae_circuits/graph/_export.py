@@ -52,6 +52,7 @@ import pandas as pd
 
 from sae_circuits._version import __version__
 from sae_circuits.core.files import atomic_write
+from sae_circuits.graph._layout import js_node_id, node_id
 from sae_circuits.graph._pruning import cumulative_influence, node_influence
 
 if TYPE_CHECKING:
@@ -94,20 +95,9 @@ def node_ids(graph: AttributionGraph, n_layers: int | None = None) -> tuple[list
     ids, js = [], []
     columns = (kind, layer.tolist(), pos.tolist(), feat.tolist(), tok.tolist())
     for k, lay, p, f, t in zip(*columns, strict=True):
-        if k == "feature":
-            ids.append(f"{lay}_{f}_{p}")
-            js.append(f"{lay}_{f}-0")
-        elif k == "error":
-            ids.append(f"{lay}_-1_{p}")
-            js.append(f"{lay}_-1-{p}")
-        elif k == "token":
-            ids.append(f"E_{t}_{p}")
-            js.append(f"E_{t}-{p}")
-        elif k == "logit":
-            ids.append(f"{n_layers + 1}_{t}_{p}")
-            js.append(f"L_{t}-{p}")
-        else:
-            raise ValueError(f"unknown node kind {k!r}; valid kinds: feature, error, token, logit")
+        fields = {"layer": lay, "position": p, "feature": f, "token_id": t}
+        ids.append(node_id(k, **fields, n_layers=n_layers))
+        js.append(js_node_id(k, **fields))
     return ids, js
 
 

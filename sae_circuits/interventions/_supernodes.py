@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import urllib.parse
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -39,7 +38,7 @@ import pandas as pd
 from transformer_lens import HookedTransformer
 
 from sae_circuits.core.prompts import Prompt
-from sae_circuits.graph import AttributionGraph
+from sae_circuits.graph import AttributionGraph, parse_node_id
 from sae_circuits.interventions._intervene import InterventionResult, Interventions, intervene
 from sae_circuits.transcoders.sets import TranscoderSet
 
@@ -60,13 +59,6 @@ logger = logging.getLogger(__name__)
 
 FeatureKey = tuple[int, int, int]
 Reduce = Literal["sum", "mean"]
-_FEATURE_ID = re.compile(r"^(\d+)_(\d+)_(\d+)$")
-_TOKEN_ID = re.compile(r"^E_(\d+)_(\d+)$")
-_ERROR_ID = re.compile(r"^(\d+)_-1_(\d+)$")
-_ID_FORMATS = (
-    "{layer}_{feature}_{position} (feature), E_{token_id}_{position} (token), "
-    "{layer}_-1_{position} (error)"
-)
 
 
 def _as_key(t: Any, where: str) -> FeatureKey:
@@ -203,28 +195,15 @@ class NeuronpediaSelection:
 def _parse_id(node_id: Any, n_layers: int | None, where: str) -> tuple[str, tuple[int, int, int]]:
     """``("feature", (layer, pos, feat))``, ``("token", (pos, token_id, 0))``,
     ``("logit", (pos, token_id, 0))`` or ``("error", (layer, pos, 0))``."""
-    if not isinstance(node_id, str):
-        raise ValueError(f"{where}: node ids must be strings like '3_1234_5', got {node_id!r}")
-    s = node_id.strip()
-    m = _TOKEN_ID.match(s)
-    if m:
-        return "token", (int(m.group(2)), int(m.group(1)), 0)
-    m = _ERROR_ID.match(s)
-    if m:
-        return "error", (int(m.group(1)), int(m.group(2)), 0)
-    m = _FEATURE_ID.match(s)
-    if not m:
-        raise ValueError(f"{where}: malformed node id {node_id!r}; expected {_ID_FORMATS}")
-    layer, a, pos = (int(g) for g in m.groups())
-    if n_layers is not None:
-        if layer == n_layers + 1:
-            return "logit", (pos, a, 0)
-        if layer >= n_layers:
-            raise ValueError(
-                f"{where}: node id {node_id!r} has layer {layer}, but the model has {n_layers} "
-                f"layers (features 0..{n_layers - 1}, logits {n_layers + 1})"
-            )
-    return "feature", (layer, pos, a)
+    p = parse_node_id(node_id, n_layers=n_layers, where=where)
+    if p.kind == "feature":
+        assert p.layer is not None and p.feature is not None
+        return "feature", (p.layer, p.position, p.feature)
+    if p.kind == "error":
+        assert p.layer is not None
+        return "error", (p.layer, p.position, 0)
+    assert p.token_id is not None
+    return p.kind, (p.position, p.token_id, 0)
 
 
 def _unquote(value: str) -> str:

@@ -31,7 +31,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -62,13 +62,16 @@ class ReplacementSemantics:
         ts = self.transcoders
         return ts.activation_fn(layer, ts.pre_activations(layer, x.to(ts.device)))
 
-    def decode(self, layer: int, acts: Mapping[int, torch.Tensor]) -> torch.Tensor:
+    def decode(
+        self, layer: int, acts: Mapping[int, torch.Tensor] | Sequence[torch.Tensor]
+    ) -> torch.Tensor:
         """``(n, d_out)`` decoder writes at ``layer``'s output (bias included, no skip).
 
         Args:
             layer: The output layer.
             acts: Activations (dense or sparse ``(n, F)``) of every layer in
-                ``transcoders.source_layers(layer)``; others are ignored.
+                ``transcoders.source_layers(layer)``, by layer (a mapping, or a list of all
+                layers); others are ignored.
         """
         ts = self.transcoders
         return ts.decode(layer, {s: acts[s] for s in ts.source_layers(layer)})

@@ -25,8 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
@@ -38,7 +37,7 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 from transformers import PreTrainedTokenizerFast
 
 from sae_circuits.toy.tokenizer import word_tokenizer
-from sae_circuits.toy.world import Sentence, World, build_world
+from sae_circuits.toy.world import World, build_world
 
 __all__ = [
     "TOY_FACTS_DIR",

@@ -34,6 +34,7 @@ from sae_circuits.core.devices import default_device
 from sae_circuits.transcoders._formats import SAELENS_FILES, LayerMeta, read_layer
 from sae_circuits.transcoders._hub import Fetcher, WeightsUnavailableError, resolve_local_dir
 from sae_circuits.transcoders._sizes import check_sizes
+from sae_circuits.transcoders._sources import load_source
 from sae_circuits.transcoders.clt import CrossLayerTranscoderSet
 from sae_circuits.transcoders.configs import (
     HubSource,
@@ -271,8 +272,6 @@ def _local(
     dtype: str | torch.dtype | None,
     lazy: tuple[bool, bool],
 ) -> TranscoderSet:
-    from sae_circuits.transcoders.loading import load_transcoders
-
     if src.package is not None:
         folder = package_folder(src.package) / src.path
     elif not Path(src.path).is_absolute() and config.path is not None:
@@ -285,8 +284,10 @@ def _local(
             f"{config.where}: the transcoders' folder {str(folder)!r} ({where}source.path "
             f"{src.path!r}) does not exist"
         )
-    ts = load_transcoders(
+    ts = load_source(
         folder,
+        input_hook=None,
+        output_hook=None,
         device=device,
         dtype=_dtype_name(dtype) or ("float32" if config.kind == "per_layer" else None),
         lazy_decoder=lazy[0],

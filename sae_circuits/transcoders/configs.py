@@ -213,7 +213,11 @@ class TranscoderSetConfig:
     def sizes(self) -> Sizes:
         """Layer count and width the config promises, for the fit check."""
         return Sizes(
-            f"transcoder config {self.name!r}", self.n_layers, self.d_model, self.d_model, width_name="d_model"
+            f"transcoder config {self.name!r}",
+            self.n_layers,
+            self.d_model,
+            self.d_model,
+            width_name="d_model",
         )
 
     def neuronpedia_id(self, layer: int) -> str | None:

@@ -47,7 +47,13 @@ import pandas as pd
 
 from sae_circuits._version import __version__
 from sae_circuits.core.files import atomic_write
-from sae_circuits.graph import check_threshold, node_ids, node_influence, to_neuronpedia
+from sae_circuits.graph import (
+    check_threshold,
+    node_ids,
+    node_influence,
+    parse_node_id,
+    to_neuronpedia,
+)
 from sae_circuits.viewer.security import resolve_inside
 
 if TYPE_CHECKING:
@@ -287,10 +293,39 @@ def _check_document(doc: Any, path: Path) -> dict[str, Any]:
             f"{path} is not a graph document (expected a JSON object with 'nodes' and 'links' "
             "lists, as sae-circuits or Neuronpedia write them)"
         )
+    n_layers = _layers_of(doc)
     for node in doc["nodes"]:
         if not isinstance(node, dict) or not isinstance(node.get("node_id"), str):
             raise GraphFolderError(f"{path}: every node needs a string 'node_id'")
+        _fill_from_id(node, n_layers, path)
     return doc
+
+
+def _layers_of(doc: dict[str, Any]) -> int | None:
+    """The number of layers of a Neuronpedia document: its logit nodes sit at ``n_layers + 1``."""
+    for node in doc["nodes"]:
+        if isinstance(node, dict) and node.get("feature_type") == "logit":
+            try:
+                return int(node.get("layer")) - 1  # type: ignore[arg-type]
+            except (TypeError, ValueError):
+                return None
+    return None
+
+
+def _fill_from_id(node: dict[str, Any], n_layers: int | None, path: Path) -> None:
+    """Give a node of a plain Neuronpedia document the fields sae_circuits documents carry
+    (``kind``, ``layer_index``, ``feature_index``, ``position``), read from its id, so that the
+    page never parses ids itself."""
+    if {"kind", "layer_index", "feature_index", "position"} <= node.keys():
+        return
+    try:
+        parsed = parse_node_id(node["node_id"], n_layers=n_layers, where=f"{path}: node")
+    except ValueError as e:
+        raise GraphFolderError(str(e)) from None
+    node.setdefault("kind", parsed.kind)
+    node.setdefault("layer_index", parsed.layer)
+    node.setdefault("feature_index", parsed.feature)
+    node.setdefault("position", parsed.position)
 
 
 class GraphSource:

@@ -1,6 +1,6 @@
 // The graph as the page uses it: nodes with their kind, layer, position and links, built from
-// the server's document (Neuronpedia graph JSON plus sae_circuits fields; a plain Neuronpedia
-// document works too, its missing fields are derived from node ids and feature types).
+// the server's document (Neuronpedia graph JSON plus sae_circuits fields; for a plain
+// Neuronpedia document the server fills those fields in from the node ids).
 
 const KIND_BY_TYPE = {
   "cross layer transcoder": "feature",
@@ -20,13 +20,12 @@ function safeUrl(url) {
 }
 
 function normalizeNode(raw, promptTokens) {
+  // the server gives every node kind, layer_index, feature_index and position (read from the
+  // node id in Python for plain Neuronpedia documents): ids are never parsed here
   const kind = typeof raw.kind === "string" ? raw.kind : KIND_BY_TYPE[raw.feature_type] || "feature";
-  const parts = String(raw.node_id).split("_");
   const position = num(raw.position) ?? num(raw.ctx_idx) ?? 0;
-  let layer = num(raw.layer_index);
-  if (layer === null && (kind === "feature" || kind === "error")) layer = num(parts[0]);
-  let feature = num(raw.feature_index);
-  if (feature === null && kind === "feature") feature = num(parts[1]);
+  const layer = num(raw.layer_index);
+  const feature = num(raw.feature_index);
   let token = typeof raw.token === "string" ? raw.token : null;
   if (token === null && kind === "token") token = promptTokens[position] ?? null;
   if (token === null && kind === "logit") {
