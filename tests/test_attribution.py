@@ -13,6 +13,7 @@ from sae_circuits.core.prompts import to_tokens
 
 from .conftest import PROMPT, assert_same_model, build, model_fingerprint
 from .oracle import FrozenOracle, sample_sources, worst_column_error
+from .tolerance import F64_EPS, assert_close
 
 
 @pytest.mark.parametrize("kind", ["relu", "jumprelu", "skip"])
@@ -62,10 +63,10 @@ def test_graph_structure_and_nodes():
         probs = torch.softmax(
             model(torch.tensor(graph.metadata["tokens"])[None])[0, -1].double(), -1
         )
-    assert np.allclose(
+    assert_close(
         graph.logits["probability"],
         probs[torch.tensor(graph.logits["token_id"].to_numpy())],
-        atol=1e-6,
+        what="logit probabilities",
     )
     assert (
         graph.logits["token_id"].tolist()
@@ -105,7 +106,8 @@ def test_salient_logits_rule():
     probs = torch.softmax(logits.double(), 0)
     ids, p = select_logits(logits, 10, 0.9)
     k = int(np.searchsorted(np.cumsum(probs.numpy()), 0.9)) + 1
-    assert ids.tolist() == list(range(k)) and np.allclose(p, probs[:k])
+    assert ids.tolist() == list(range(k))
+    assert_close(p, probs[:k], what="selected probabilities")
     assert probs[: k - 1].sum() < 0.9 <= probs[:k].sum()
     ids, _ = select_logits(logits, 2, 0.999)
     assert ids.tolist() == [0, 1]
@@ -137,8 +139,8 @@ def test_max_feature_nodes_visits_most_influential():
 
     index = {k: i for i, k in enumerate(key(full.nodes))}
     sel = np.array([index[k] for k in key(part.nodes)])
-    sub = full.adjacency[sel][:, sel].toarray()
-    assert np.allclose(part.adjacency.toarray(), sub, rtol=1e-5, atol=1e-6)
+    sub = full.adjacency[sel][:, sel]
+    assert_close(part.adjacency, sub, what="rows of visited features")
     # the visited features carry more influence on the logits than the average unvisited one
     from sae_circuits.graph._influence import propagate, row_normalize
 
@@ -181,7 +183,7 @@ def test_works_under_no_grad_and_batch_size_one():
     ref = sc.attribute(model, PROMPT, ts)
     with torch.no_grad():
         g = sc.attribute(model, PROMPT, ts, batch_size=1)
-    assert abs(g.adjacency - ref.adjacency).max() < 1e-5
+    assert_close(g.adjacency, ref.adjacency, what="batch_size=1 under no_grad")
 
 
 @pytest.mark.parametrize(
@@ -266,7 +268,8 @@ def test_chunked_influence_equals_stacked():
     full = propagate(row_normalize(sps.csr_array(dense), eps=1e-8), seed)
     order = rng.permutation(n)
     chunks = [(order[i : i + 7], sps.csr_array(dense[order[i : i + 7]])) for i in range(0, n, 7)]
-    assert np.allclose(propagate_chunks(chunks, seed, eps=1e-8), full)
+    # float64 sums of <= n terms over <= n powers in another order: within n * n ulps
+    assert_close(propagate_chunks(chunks, seed, eps=1e-8), full, eps=F64_EPS, ulps=n * n)
     # the dense power series as an independent check
     a = np.abs(dense)
     a = a / np.maximum(a.sum(1, keepdims=True), 1e-8)
@@ -274,7 +277,7 @@ def test_chunked_influence_equals_stacked():
     for _ in range(n):
         term = term @ a
         expect += term
-    assert np.allclose(full, expect)
+    assert_close(full, expect, eps=F64_EPS, ulps=n * n, what="power series")
 
 
 def test_backward_in_slices_gives_the_same_graph(monkeypatch):
@@ -294,7 +297,7 @@ def test_backward_in_slices_gives_the_same_graph(monkeypatch):
     monkeypatch.setattr(attribution_module, "trace", small_slices)
     sliced = sc.attribute(model, PROMPT, ts, batch_size=64)
     assert sliced_traces and sliced_traces[0]._chunk == 8
-    assert abs(sliced.adjacency - whole.adjacency).max() < 1e-6
+    assert_close(sliced.adjacency, whole.adjacency, what="backward in slices")
     assert sliced.nodes.equals(whole.nodes)
 
 
@@ -334,7 +337,7 @@ def test_row_slices_leave_out_only_zero_feature_columns():
     kept = {part.n_features for part in sliced.row_slices(*args)}
     assert len(kept) > 1 and min(kept) < sliced.n_active  # some slices did leave columns out
     rows_sliced, rows_whole = sliced.rows(*args), whole.rows(*args)
-    assert torch.allclose(rows_sliced, rows_whole, rtol=1e-5, atol=1e-7)
+    assert_close(rows_sliced, rows_whole, what="rows of sliced passes")
     # nothing at or above a target's layer is a source of it
     above = sliced.feature_layer[None, :] >= args[0][:, None]
     assert not rows_whole[:, : sliced.n_active][above].any()
@@ -362,7 +365,7 @@ def test_backward_slices_hold_one_layer_and_at_most_batch_size(monkeypatch):
     assert all(len(layers) == 1 for _, layers in seen)  # a whole layer per pass here
     n_layers = model.cfg.n_layers  # the logits' layer: one pass for them, one per feature layer
     assert len(seen) == 1 + len({layer for _, ls in seen for layer in ls if layer < n_layers})
-    assert abs(small.adjacency - large.adjacency).max() < 1e-6
+    assert_close(small.adjacency, large.adjacency, what="batch_size 5 vs 10_000")
     assert small.nodes.equals(large.nodes)
 
 

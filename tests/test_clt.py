@@ -24,6 +24,7 @@ from sae_circuits.transcoders.clt_sae import layer_hooks
 
 from .conftest import PROMPT, build
 from .oracle import FrozenOracle, sample_sources, worst_column_error
+from .tolerance import assert_close, assert_differs, max_abs
 
 
 @functools.cache
@@ -89,12 +90,12 @@ def test_every_loading_route_gives_the_same_graph(tmp_path):
         g = sc.attribute(model, PROMPT, ts)
         keys = ["kind", "layer", "position", "feature", "token_id"]
         assert g.nodes[keys].equals(ref.nodes[keys]), name
-        assert np.allclose(
+        assert_close(
             g.nodes["activation"].to_numpy(float, na_value=0),
             ref.nodes["activation"].to_numpy(float, na_value=0),
-            atol=1e-5,
-        ), name
-        assert abs(g.adjacency - ref.adjacency).max() < 1e-5, name
+            what=f"{name}: activations",
+        )
+        assert_close(g.adjacency, ref.adjacency, what=f"{name}: adjacency")
 
 
 def test_lazy_decoders_read_only_active_rows(tmp_path, monkeypatch):
@@ -130,19 +131,22 @@ def test_replacement_reconstructs_from_all_earlier_layers():
         clean, cache = model.run_with_cache(tokens)
         with sc.replacement(model, ts) as rm:
             logits = model(tokens)
-    assert torch.allclose(logits, clean, atol=1e-5)
+    assert_close(logits, clean, what="logits inside the replacement")
     L = model.cfg.n_layers
     acts = [rm.activations[layer].to_dense()[0] for layer in range(L)]
     with torch.no_grad():
         for out in range(L):
             recon = clt.b_dec[out] + sum(acts[s] @ clt.W_dec[s][:, out - s] for s in range(out + 1))
             mlp_out = cache[f"blocks.{out}.hook_mlp_out"][0]
-            assert torch.allclose(rm.errors[out][0], mlp_out - recon, atol=1e-5)
+            # the error is a difference of two such sums: its rounding is on their scale
+            assert_close(
+                rm.errors[out][0], mlp_out - recon, scale=max_abs(recon), what=f"error {out}"
+            )
         # the SAE's own all-layer forward agrees with the set
         x = torch.stack([cache[f"blocks.{layer}.hook_resid_mid"][0] for layer in range(L)], dim=1)
-        assert torch.allclose(clt.encode(x)[:, 2], acts[2], atol=1e-6)
+        assert_close(clt.encode(x)[:, 2], acts[2], what="encode")
         sparse = {layer: a.to_sparse() for layer, a in enumerate(acts)}
-        assert torch.allclose(clt(x)[:, 2], ts.decode(2, sparse), atol=1e-5)
+        assert_close(clt(x)[:, 2], ts.decode(2, sparse), what="decode")
     # with fixed errors, zeroing layer-0 features changes every later layer's output
     errors = {layer: e[0] for layer, e in rm.errors.items()}
 
@@ -152,10 +156,8 @@ def test_replacement_reconstructs_from_all_earlier_layers():
     with torch.no_grad(), sc.replacement(model, ts, errors=errors, feature_hook=kill0):
         _, c2 = model.run_with_cache(tokens)
     delta = acts[0] @ clt.W_dec[0][:, 1]
-    assert delta.abs().max() > 1e-3
-    assert not torch.allclose(
-        c2["blocks.1.hook_mlp_out"], cache["blocks.1.hook_mlp_out"], atol=1e-4
-    )
+    assert max_abs(delta) > 1e-3 * max_abs(cache["blocks.1.hook_mlp_out"])
+    assert_differs(c2["blocks.1.hook_mlp_out"], cache["blocks.1.hook_mlp_out"])
 
 
 # -- the SAELens class -------------------------------------------------------------------------
@@ -233,8 +235,8 @@ def test_fold_w_dec_norm_keeps_outputs():
     x = torch.randn(4, 3, 8)
     before = clt(x)
     clt.fold_W_dec_norm()
-    assert torch.allclose(clt(x), before, atol=1e-5)
-    assert torch.allclose(clt.get_W_dec_norm(), torch.ones(3, 16), atol=1e-5)
+    assert_close(clt(x), before, what="outputs after folding")
+    assert_close(clt.get_W_dec_norm(), torch.ones(3, 16), what="decoder norms after folding")
 
 
 def test_registration_is_idempotent_through_the_public_api(tmp_path, monkeypatch, caplog):

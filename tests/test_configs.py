@@ -29,6 +29,7 @@ from sae_circuits.transcoders import configs as cfgs
 from sae_circuits.transcoders._hub import ENV_DIR, Fetcher, WeightsUnavailableError
 
 from .conftest import build
+from .tolerance import assert_close
 
 D, F = 8, 16
 SHIPPED = {
@@ -277,7 +278,7 @@ def test_gemmascope_through_saelens(hf_cache, monkeypatch):
     x = rand(5, D, seed=9)
     want = torch.relu(x @ ref3["W_enc"] + ref3["b_enc"])
     want = want * (x @ ref3["W_enc"] + ref3["b_enc"] > ref3["threshold"])
-    assert torch.allclose(ts.activation_fn(3, ts.pre_activations(3, x)), want)
+    assert_close(ts.activation_fn(3, ts.pre_activations(3, x)), want, what="GemmaScope activations")
 
 
 def _qwen_files(n_layers: int) -> tuple[dict[str, bytes], dict[str, torch.Tensor]]:
@@ -359,7 +360,7 @@ def test_llama_skip_transcoders_from_a_hub_branch(hf_cache):
     acts = torch.relu(x @ t["W_enc"].T + t["b_enc"])
     want = acts @ t["W_dec"].T + t["b_dec"] + x @ t["W_skip"].T
     got = ts.decode(2, {2: ts.activation_fn(2, ts.pre_activations(2, x))}) + ts.skip(2, x)
-    assert torch.allclose(got, want, atol=1e-5)
+    assert_close(got, want, what="skip transcoder output")
 
 
 def test_clt_from_the_hub_layout(hf_cache):
@@ -384,12 +385,10 @@ def test_clt_from_the_hub_layout(hf_cache):
     assert isinstance(ts, sc.CrossLayerTranscoderSet) and ts.lazy_decoder
     assert ts.output_layers(3) == range(3, L) and ts.input_hooks[0] == "blocks.0.hook_resid_mid"
     x = rand(2, D, seed=3)
-    assert torch.allclose(
-        ts.pre_activations(4, x), x @ ref[4]["W_enc_4"].T + ref[4]["b_enc_4"], atol=1e-6
-    )
+    assert_close(ts.pre_activations(4, x), x @ ref[4]["W_enc_4"].T + ref[4]["b_enc_4"])
     eager = sc.load_transcoders(tiny("gemma-2-2b-clt-426k"), device="cpu", lazy_decoder=False)
     acts = {layer: torch.relu(rand(2, 4, seed=layer)) for layer in range(6)}
-    assert torch.allclose(ts.decode(5, acts), eager.decode(5, acts), atol=1e-6)
+    assert_close(ts.decode(5, acts), eager.decode(5, acts), what="lazy vs eager decode")
 
 
 def test_yaml_config_end_to_end_on_a_tiny_model(hf_cache, tmp_path, monkeypatch):
@@ -425,9 +424,9 @@ def test_yaml_config_end_to_end_on_a_tiny_model(hf_cache, tmp_path, monkeypatch)
     x = rand(4, model.cfg.d_model, seed=1)
     for layer in range(model.cfg.n_layers):
         a = ts.activation_fn(layer, ts.pre_activations(layer, x))
-        assert torch.allclose(a, ref.activation_fn(layer, ref.pre_activations(layer, x)))
-        assert torch.allclose(ts.decode(layer, {layer: a}), ref.decode(layer, {layer: a}))
-        assert torch.allclose(ts.skip(layer, x), ref.skip(layer, x))  # type: ignore[arg-type]
+        assert_close(a, ref.activation_fn(layer, ref.pre_activations(layer, x)))
+        assert_close(ts.decode(layer, {layer: a}), ref.decode(layer, {layer: a}))
+        assert_close(ts.skip(layer, x), ref.skip(layer, x))
     assert ts.describe()["neuronpedia_ids"] == ["tiny/0-tc", "tiny/1-tc", "tiny/2-tc"]
     # the same file as a shipped config, loaded by name
     monkeypatch.setattr(cfgs, "_config_dir", lambda: tmp_path)

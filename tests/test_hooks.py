@@ -8,6 +8,7 @@ import torch
 from sae_circuits.core.hooks import HookNotFoundError, resolve_hook, scoped_hooks
 
 from .conftest import assert_same_model, build, model_fingerprint
+from .tolerance import assert_close, assert_differs
 
 TOKENS = torch.tensor([[0, 5, 9, 3, 7]])
 
@@ -22,9 +23,9 @@ def test_mlp_hook_in_is_the_mlp_input_after_the_norm_weight(arch):
         _, cache = model.run_with_cache(TOKENS)
     resid = cache["blocks.1.hook_resid_mid"]
     expected = model.blocks[1].ln2(resid)  # the norm *with* its weight (and bias)
-    assert torch.allclose(seen["in"], expected, atol=1e-6)
+    assert_close(seen["in"], expected, what="mlp.hook_in")
     # TransformerLens 3.x's hook_normalized is before the weight: a different activation
-    assert not torch.allclose(cache["blocks.1.ln2.hook_normalized"], expected, atol=1e-3)
+    assert_differs(cache["blocks.1.ln2.hook_normalized"], expected)
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama", "gemma2"])
@@ -37,11 +38,11 @@ def test_mlp_hook_out_is_the_mlp_module_output(arch):
         _, cache = model.run_with_cache(TOKENS)
     mlp_out = cache["blocks.2.hook_mlp_out"]
     if arch == "gemma2":  # post-MLP norm sits between the MLP and hook_mlp_out
-        assert not torch.allclose(seen["out"], mlp_out, atol=1e-4)
+        assert_differs(seen["out"], mlp_out)
         scale = cache["blocks.2.ln2_post.hook_scale"]
-        assert torch.allclose(seen["out"] / scale * model.blocks[2].ln2_post.w, mlp_out, atol=1e-5)
+        assert_close(seen["out"] / scale * model.blocks[2].ln2_post.w, mlp_out, what="normed")
     else:
-        assert torch.allclose(seen["out"], mlp_out, atol=1e-6)
+        assert_close(seen["out"], mlp_out, what="mlp.hook_out")
 
 
 def test_hooks_replace_activations_only_inside_the_block():
@@ -50,7 +51,7 @@ def test_hooks_replace_activations_only_inside_the_block():
     clean = model(TOKENS)
     with scoped_hooks(model, [("blocks.0.mlp.hook_in", lambda x: torch.zeros_like(x))]):
         changed = model(TOKENS)
-    assert not torch.allclose(clean, changed)
+    assert_differs(changed, clean)
     assert torch.equal(model(TOKENS), clean)
     assert_same_model(before, model_fingerprint(model))
     with (

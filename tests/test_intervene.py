@@ -23,6 +23,7 @@ from sae_circuits.transcoders import (
 )
 
 from .conftest import PROMPT, assert_same_model, build, model_fingerprint
+from .tolerance import assert_close, assert_differs, max_abs
 
 CASES = [("gpt2", "relu"), ("llama", "skip"), ("gemma2", "jumprelu"), ("gpt2", "clt")]
 
@@ -148,7 +149,7 @@ def test_setting_clean_values_changes_nothing():
         assert (t["activation"] == t["clean_activation"]).all()
         # values read off the graph are the clean activations up to float32 rounding
         r2 = intervene(model, PROMPT, ts, values, **kwargs)
-        assert torch.allclose(r2.logits, r2.clean_logits, atol=1e-5)
+        assert_close(r2.logits, r2.clean_logits, what=f"logits, clean values set, {kwargs}")
     # the clean run is the model itself
     with torch.no_grad():
         logits = model(to_tokens(model, PROMPT)[None])[0]
@@ -190,15 +191,15 @@ def test_full_replacement_model_matches_replacement_with_frozen_errors(arch, kin
     for freeze in (True, False):
         r = intervene(model, PROMPT, ts, tuples, freeze_attention=freeze)
         expected = _oracle_logits(model, ts, tokens, tuples, freeze=freeze)
-        assert torch.allclose(r.logits, expected, atol=2e-5)
-        assert (r.logits - r.clean_logits).abs().max() > 1e-2
+        assert_close(r.logits, expected, what=f"logits, freeze={freeze}")
+        assert_differs(r.logits, r.clean_logits, rtol=1e-2)
     # downstream features respond (not with direct effects: their outputs stay clean)
     t = r.activation_table
     low = int(group["layer"].min())
     later = t[t["layer"] > low]
     assert (later["activation"] != later["clean_activation"]).any()
     direct = intervene(model, PROMPT, ts, tuples, direct_effects=True)
-    assert not torch.allclose(direct.logits, r.logits, atol=1e-3)
+    assert_differs(direct.logits, r.logits)
 
 
 def test_swap_experiment_moves_logits_as_graph_predicts():
@@ -246,8 +247,11 @@ def test_swap_experiment_moves_logits_as_graph_predicts():
         intervene(model, a, ts, off.assign(scale=0.0), direct_effects=True), ga
     )
     logits = off_only[off_only["kind"] == "logit"].set_index("token_id")
-    assert np.isclose(
-        logits.loc[y, "measured"] - logits.loc[x, "measured"], favour_x[off.index].sum(), atol=1e-4
+    assert_close(  # float32 forward differences against float32 edges, as in _rel_err
+        logits.loc[y, "measured"] - logits.loc[x, "measured"],
+        favour_x[off.index].sum(),
+        rtol=1e-4,
+        scale=max_abs(logits["measured"]),
     )
     # under the full replacement model the logit difference moves the same way, and the top
     # token moves from x to y
@@ -257,7 +261,7 @@ def test_swap_experiment_moves_logits_as_graph_predicts():
     assert int(full.clean_last_logits.argmax()) == x and int(full.last_logits.argmax()) == y
     top = full.top_logits(3)
     assert top["before_token_id"][0] == x and top["after_token_id"][0] == y
-    assert np.isclose(
+    assert_close(
         top["after_probability"].sum(),
         torch.softmax(full.last_logits.double(), -1).topk(3).values.sum(),
     )
@@ -273,10 +277,12 @@ def test_result_tables():
     assert r.activations[0].is_sparse and r.activations[0].shape == (n, ts.d_sae(0))
     t = r.activation_table
     assert list(t.columns) == ["layer", "position", "feature", "activation", "clean_activation"]
+    act_scale = max_abs(graph.nodes["activation"].dropna())
     for row in group.itertuples():
         hit = t[(t.layer == row.layer) & (t.position == row.position) & (t.feature == row.feature)]
         assert len(hit) == 1 and hit["activation"].iloc[0] == 0
-        assert np.isclose(hit["clean_activation"].iloc[0], row.activation, rtol=1e-5)
+        # two forward passes: rounding on the scale of the layer's activations
+        assert_close(hit["clean_activation"].iloc[0], row.activation, scale=act_scale)
     assert list(
         r.pre_activations[["layer", "position", "feature"]].itertuples(index=False, name=None)
     ) == [
@@ -297,8 +303,9 @@ def test_result_tables():
     assert len(top) == 4 and top["before_token"].str.startswith("t").all()
     assert (np.diff(top["after_probability"]) <= 0).all()
     clean, after = r.logit_difference("t42", 2)
-    assert np.isclose(clean, float(r.clean_last_logits[42] - r.clean_last_logits[2]))
-    assert np.isclose(after, float(r.last_logits[42] - r.last_logits[2]))
+    scale = max_abs(r.clean_last_logits)  # a difference of logits: their rounding
+    assert_close(clean, float(r.clean_last_logits[42] - r.clean_last_logits[2]), scale=scale)
+    assert_close(after, float(r.last_logits[42] - r.last_logits[2]), scale=scale)
     pred = predict_changes(graph, group.assign(scale=0.0))
     assert list(pred.columns) == [
         "node",
@@ -332,8 +339,8 @@ def test_generate_first_token_is_intervene_without_frozen_attention():
     iv = group.assign(scale=-2.0)
     g = generate(model, PROMPT, ts, iv, max_new_tokens=2)
     r = intervene(model, PROMPT, ts, iv, freeze_attention=False)
-    assert torch.allclose(g.next_token_logits, r.last_logits, atol=1e-5)
-    assert torch.allclose(g.clean_next_token_logits, r.clean_last_logits, atol=1e-5)
+    assert_close(g.next_token_logits, r.last_logits, what="first generated logits")
+    assert_close(g.clean_next_token_logits, r.clean_last_logits, what="clean first logits")
     assert g.tokens[len(r.tokens)] == int(r.last_logits.argmax())
     assert g.interventions["new_activation"].tolist() == r.interventions["new_activation"].tolist()
 

@@ -12,6 +12,7 @@ from sae_lens import JumpReLUTranscoder, SkipTranscoder, Transcoder
 import sae_circuits as sc
 
 from .conftest import build
+from .tolerance import assert_close
 
 
 def _save(tcs, folder):
@@ -33,7 +34,7 @@ def test_folder_round_trip(tmp_path, kind):
         for name, p in b.state_dict().items():
             assert torch.equal(a.state_dict()[name], p), name
     x = torch.randn(5, tcs[0].cfg.d_in)
-    assert torch.allclose(ts.activation_fn(0, ts.pre_activations(0, x)), tcs[0].encode(x))
+    assert_close(ts.activation_fn(0, ts.pre_activations(0, x)), tcs[0].encode(x))
 
 
 def test_sequence_and_overrides():

@@ -128,7 +128,11 @@ def test_prune_matches_dense_reference_rule(arch, kind, node_t, edge_t):
     t, s = np.nonzero(edges)
     assert kept_edges(pruned) == set(zip(t.tolist(), s.tolist(), strict=True))
     idx = pruned.nodes["node_index"].to_numpy()
-    np.testing.assert_allclose(pruned.nodes["influence"], infl[idx], rtol=1e-9, atol=1e-12)
+    # float64 sums of non-negative terms in another order: relative per node; the absolute
+    # floor (for influences that are zero) is relative to the largest influence
+    np.testing.assert_allclose(
+        pruned.nodes["influence"], infl[idx], rtol=1e-9, atol=1e-12 * np.abs(infl).max()
+    )
     np.testing.assert_allclose(pruned.nodes["cumulative_influence"], cum[idx], rtol=1e-9)
     # a pruned graph is a subgraph: same node rows, same weights
     original = graph.nodes.iloc[idx].reset_index(drop=True)

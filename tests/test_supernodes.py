@@ -19,6 +19,7 @@ from sae_circuits.interventions._intervene import intervene
 from .conftest import PROMPT
 from .test_intervene import _setup as setup
 from .test_intervene import swap_setup
+from .tolerance import assert_close
 
 #: The shape of a Neuronpedia graph URL (Gemma-2-2B: 26 layers, logits are layer 27).
 GROUPS = [
@@ -186,15 +187,15 @@ def test_experiment_tables():
     nodes = graph.nodes.set_index(["layer", "position", "feature"])
     for s, clean in zip(groups, t["clean_activation"], strict=True):
         expected = sum(float(nodes.loc[f, "activation"]) for f in s.features)
-        assert np.isclose(clean, expected, rtol=1e-5)
+        assert_close(clean, expected, what=s.name)  # sums of non-negative activations
     assert t["fraction"].iloc[0] == 0.0
     assert (t["fraction"].iloc[1:] != 1.0).any(), "downstream supernodes respond"
-    assert np.allclose(t["fraction"], t["activation"] / t["clean_activation"])
+    assert_close(t["fraction"], t["activation"] / t["clean_activation"])
     assert len(exp.top_logits) == 4
     probs = torch.softmax(exp.result.clean_last_logits.double(), -1)
-    assert np.allclose(exp.top_logits["before_probability"], probs.topk(4).values.numpy())
+    assert_close(exp.top_logits["before_probability"], probs.topk(4).values.numpy())
     mean = sn.experiment(model, PROMPT, ts, groups, groups[0].scale(0.0), reduce="mean")
-    assert np.allclose(mean.activations["clean_activation"] * 3, t["clean_activation"])
+    assert_close(mean.activations["clean_activation"] * 3, t["clean_activation"])
     none = sn.experiment(model, PROMPT, ts, groups)
     assert (none.activations["fraction"] == 1.0).all()
     with pytest.raises(ValueError, match="reduce must be 'sum' or 'mean'"):
@@ -233,7 +234,7 @@ def test_swap_with_supernodes():
     doubled = sn.activations_from(
         model, b, ts, california, scale=2.0, position_map={p: p for p in range(11)}
     )
-    assert np.allclose(doubled["value"], 2 * on["value"])
+    assert_close(doubled["value"], 2 * on["value"])
     key = ["layer", "position", "feature"]
     on = on[~on.set_index(key).index.isin(texas.frame().set_index(key).index)]
     exp = sn.experiment(model, a, ts, [texas, california], [texas.scale(0.0), on])
@@ -278,7 +279,7 @@ def test_activations_from_dataframe_and_inactive_warning(caplog):
     )
     with caplog.at_level("WARNING", logger="sae_circuits.supernodes"):
         out = sn.activations_from(model, PROMPT, ts, frame)
-    assert np.allclose(out["value"].iloc[:2], feats["activation"].astype(float), rtol=1e-5)
+    assert_close(out["value"].iloc[:2], feats["activation"].astype(float))
     assert "inactive on the source prompt" in caplog.text or out["value"].iloc[2] != 0
 
 

@@ -186,6 +186,7 @@ def test_details_panel_opens_on_click(viewer: Viewer):
     assert page.inner_text('#details-fields dd[data-field="feature"]') == str(node["feature_index"])
     assert page.inner_text('#details-fields dd[data-field="node id"]') == node_id
     shown = float(page.inner_text('#details-fields dd[data-field="activation"]'))
+    # fmt() shows 3 decimals: the tolerance is the display's rounding, not float arithmetic
     assert shown == pytest.approx(node["activation"], abs=1e-3)
     assert page.locator("#outgoing li button").count() >= 1
     assert "selected" in (viewer.node(node_id).get_attribute("class") or "")
