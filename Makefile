@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install -q --disable-pip-version-check -c constraints.txt
 
-.PHONY: setup demo test lint bench browser
+.PHONY: setup demo test lint bench browser toy
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -19,8 +19,8 @@ demo: setup
 	$(VENV)/bin/sae-circuits demo -o out/demo
 
 lint: setup
-	$(VENV)/bin/ruff format --check sae_circuits tests benchmarks
-	$(VENV)/bin/ruff check sae_circuits tests benchmarks
+	$(VENV)/bin/ruff format --check sae_circuits tests benchmarks toy_training
+	$(VENV)/bin/ruff check sae_circuits tests benchmarks toy_training
 	$(VENV)/bin/pyright sae_circuits
 
 # Debian's chromium for the viewer's browser tests (Playwright drives it; never
@@ -41,3 +41,9 @@ test: lint browser
 
 bench: setup
 	$(PY) benchmarks/bench_attribution.py
+
+# Retrain the shipped toy-facts model, transcoders and labels (toy_training/, not part of the
+# installed package; 2-8 min on 2 cores) and compare them with the shipped files.
+toy: setup
+	$(PY) -m toy_training.train --out out/toy-facts --plot out/toy-facts/curves.png
+	$(PY) -m toy_training.compare out/toy-facts sae_circuits/toy/weights/toy-facts
