@@ -9,7 +9,7 @@ logit it is the effect on the demeaned logit before any soft-capping. A source f
 through ``a_s * W_dec[s]`` (written at every layer it decodes to), an error node through its error
 vector, a token through its embedding.
 
-Rows are computed in batches by backward passes (see ``_tracing``) and stored sparse as they come;
+Rows are computed in batches by backward passes (see ``_backward``) and stored sparse as they come;
 with ``max_feature_nodes`` only the features with the most influence on the logits get rows,
 chosen as in the paper: logit rows first, then, every ``update_interval`` batches, the features
 are ranked by their influence computed from the rows so far and the most influential unvisited

@@ -8,7 +8,7 @@ the generic batching rule for the pattern product expands the pattern to every t
 whose own ``vmap`` rule contracts the batch of gradients with the shared pattern in one einsum,
 with the batch folded into the free dimensions.
 
-Used by ``_tracing``: at each block's ``hook_z`` the activation is replaced by
+Used by ``_backward``: at each block's ``hook_z`` the activation is replaced by
 ``z.detach() + frozen_mix(v, pattern)``. The second term is zero-valued, so forward values are
 exactly TransformerLens's own, and it carries the gradient ``d z / d v`` of the frozen attention.
 

@@ -15,8 +15,8 @@ Everything is plain ecosystem data: ``graph.edges()`` is a tidy pandas edge list
 
 The methods below are thin entry points: :meth:`AttributionGraph.prune` and
 :meth:`AttributionGraph.scores` (see :mod:`sae_circuits.pruning`), :meth:`AttributionGraph.save` /
-:meth:`AttributionGraph.load` (format in :mod:`sae_circuits._graph_io`) and
-:meth:`AttributionGraph.to_networkx` (see :mod:`sae_circuits.export`, which also writes
+:meth:`AttributionGraph.load` (format in :mod:`sae_circuits.graph._io`) and
+:meth:`AttributionGraph.to_networkx` (see :mod:`sae_circuits.graph._export`, which also writes
 Neuronpedia's graph JSON).
 
 Example:
@@ -160,7 +160,7 @@ class AttributionGraph:
         return graph_scores(self)
 
     def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write the graph to one file, atomically (see :mod:`sae_circuits._graph_io`).
+        """Write the graph to one file, atomically (see :mod:`sae_circuits.graph._io`).
 
         Args:
             path: Destination file (conventionally ``*.zip``); replaced if it exists.
@@ -188,7 +188,7 @@ class AttributionGraph:
         return load_graph(path, factory=cls)
 
     def to_networkx(self) -> networkx.DiGraph:
-        """The graph as a ``networkx.DiGraph`` (see :func:`sae_circuits.export.to_networkx`).
+        """The graph as a ``networkx.DiGraph`` (see :func:`sae_circuits.graph.to_networkx`).
 
         Node ``i`` carries row ``i`` of ``nodes`` as attributes, each stored edge is
         ``source -> target`` with a ``weight``, and ``G.graph`` holds the metadata.

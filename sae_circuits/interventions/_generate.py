@@ -1,4 +1,4 @@
-"""Private: generation with feature interventions (re-exported by :mod:`sae_circuits.intervene`).
+"""Generation with feature interventions (re-exported by :mod:`sae_circuits.interventions`).
 
 The prompt is run once with the interventions (the replacement model with frozen clean error
 terms, attention *not* frozen), filling a key-value cache; then tokens are generated one at a

@@ -1,4 +1,4 @@
-"""Private input checking of :mod:`sae_circuits.intervene`: interventions and targets.
+"""Input checking of interventions and their targets (for :mod:`sae_circuits.interventions`).
 
 Interventions (tuples, DataFrames, or lists mixing both) become one checked table with
 ``layer``, ``position``, ``feature``, ``value`` and ``scale`` columns; every problem is reported

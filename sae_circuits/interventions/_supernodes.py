@@ -8,7 +8,7 @@ are ``{layer}_{feature}_{position}`` for features, ``E_{token_id}_{position}`` f
 ``{layer}_-1_{position}`` for error nodes and ``{n_layers + 1}_{token_id}_{position}`` for
 logits.
 
-An experiment intervenes (see :func:`sae_circuits.intervene`) and reports, per supernode, its
+An experiment intervenes (see :func:`sae_circuits.interventions.intervene`) and reports, per supernode, its
 clean activation (sum or mean of its members'), its activation after the intervention and the
 fraction of the clean one, with the top logits before and after; :meth:`SupernodeExperiment.plot`
 draws it (needs matplotlib: ``pip install 'sae-circuits[plot]'``).
@@ -426,7 +426,7 @@ class SupernodeExperiment:
 
     Attributes:
         supernodes: The groups.
-        result: The underlying :class:`~sae_circuits.intervene.InterventionResult`.
+        result: The underlying :class:`~sae_circuits.interventions.InterventionResult`.
         activations: :func:`supernode_activations`' table.
         top_logits: ``result.top_logits(k)``: top tokens before and after.
         reduce: How member activations were combined.
@@ -486,12 +486,12 @@ def experiment(
         prompt: The prompt.
         transcoders: The transcoder set.
         supernodes: The groups to report.
-        interventions: As in :func:`sae_circuits.intervene` (e.g. ``texas.scale(0)``, or a list
+        interventions: As in :func:`sae_circuits.interventions.intervene` (e.g. ``texas.scale(0)``, or a list
             of such frames); ``None``: only the clean activations.
         reduce: ``"sum"`` or ``"mean"`` of the member activations.
         k: Top logits to report.
-        freeze_attention: As in :func:`sae_circuits.intervene`.
-        direct_effects: As in :func:`sae_circuits.intervene`.
+        freeze_attention: As in :func:`sae_circuits.interventions.intervene`.
+        direct_effects: As in :func:`sae_circuits.interventions.intervene`.
 
     Returns:
         A :class:`SupernodeExperiment`.

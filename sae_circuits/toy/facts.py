@@ -1,7 +1,7 @@
 """The embedded "toy-facts" model: a tiny transformer trained on a synthetic world, offline.
 
 Shipped under ``sae_circuits/toy/weights/toy-facts/``: a 4-layer GPT-2-style
-``HookedTransformer`` trained (``sae_circuits.toy.train``) on the sentences of
+``HookedTransformer`` trained (``toy_training.train``, outside the package) on the sentences of
 :mod:`sae_circuits.toy.world`, its per-layer transcoders (``transcoders/layer_{i}/``, SAELens
 format), a cross-layer transcoder (``clt/``, the public per-layer CLT layout) and feature labels
 (``labels.json``). It answers two-hop questions it never saw, such as

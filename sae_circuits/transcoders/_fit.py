@@ -131,7 +131,7 @@ def check_transcoders_match(
     Compares the model name (``model.cfg.model_name`` against the config's ``model`` or the
     transcoders' ``cfg.metadata.model_name``, through TransformerLens' official names, when both
     are known), the number of layers and the width; for a transcoder set also that every hook
-    exists on the model (``sae_circuits.replacement.check_compatible``).
+    exists on the model (:func:`check_compatible`).
 
     Args:
         model: The model.

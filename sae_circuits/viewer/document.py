@@ -7,7 +7,7 @@ A *graph folder* (what ``sae-circuits attribute -o OUT`` writes) holds:
                               at other thresholds
 ``pruned.zip``                the pruned graph at the thresholds given on the command line
 ``graph.json``                the viewer document of the pruned graph: Neuronpedia's graph JSON
-                              (:func:`sae_circuits.export.to_neuronpedia`, uploadable as is) plus
+                              (:func:`sae_circuits.graph.to_neuronpedia`, uploadable as is) plus
                               the fields below
 ``annotations.json``          the user's labels, supernodes and pins (written by the viewer, see
                               :mod:`sae_circuits.viewer.annotations`)
