@@ -52,7 +52,7 @@ NODE_ID_FORMATS = (
     "'{layer}_{feature}_{position}' (feature), '{layer}_-1_{position}' (error), "
     "'E_{token_id}_{position}' (token), '{n_layers + 1}_{token_id}_{position}' (logit)"
 )
-_INT = re.compile(r"^(0|[1-9][0-9]*)$")
+_INT = re.compile(r"^(0|[1-9][0-9]{0,17})$")  # ASCII digits, no leading zero, fits an int64
 
 
 @dataclass(frozen=True)
@@ -255,10 +255,18 @@ def parse_node_id(
 
 
 def _part(value: str, name: str, text: str, where: str) -> int:
-    if not _INT.match(value):
+    if not _INT.fullmatch(value):
+        why = "is not a non-negative integer"
+        if value.startswith("-"):
+            why = "is negative" + (
+                " (only an error node has -1, as its feature)" if name == "feature" else ""
+            )
+        elif len(value) > 18:
+            why = "has more than 18 digits"
+        elif len(value) > 1 and value[0] == "0":
+            why = "has a leading zero"
         raise ValueError(
-            f"{where}: {text!r}: the {name} {value!r} is not a non-negative integer; expected "
-            f"{NODE_ID_FORMATS}"
+            f"{where}: {text!r:.80}: the {name} {value[:40]!r} {why}; expected {NODE_ID_FORMATS}"
         )
     return int(value)
 
