@@ -14,7 +14,7 @@ import torch
 from sae_circuits.toy import tiny_model, tiny_transcoders
 
 ARCHS = ("gpt2", "llama", "gemma2")
-KINDS = ("relu", "jumprelu", "skip")
+KINDS = ("relu", "jumprelu", "skip", "jumprelu_skip")
 #: A prompt in the tiny models' word vocabulary ('t0' is BOS and is prepended).
 PROMPT = "t5 t9 t3 t7 t2 t8 t1 t1 t4 t6"
 

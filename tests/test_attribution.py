@@ -11,12 +11,12 @@ import sae_circuits as sc
 from sae_circuits.attribution._attribute import select_logits
 from sae_circuits.core.prompts import to_tokens
 
-from .conftest import PROMPT, assert_same_model, build, model_fingerprint
+from .conftest import KINDS, PROMPT, assert_same_model, build, model_fingerprint
 from .oracle import FrozenOracle, sample_sources, worst_column_error
 from .tolerance import F64_EPS, assert_close
 
 
-@pytest.mark.parametrize("kind", ["relu", "jumprelu", "skip"])
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("arch", ["gpt2", "llama", "gemma2"])
 def test_columns_equal_measured_direct_effects(arch, kind):
     model, tcs = build(arch, kind)

@@ -25,7 +25,13 @@ from sae_circuits.transcoders import (
 from .conftest import PROMPT, assert_same_model, build, model_fingerprint
 from .tolerance import assert_close, assert_differs, max_abs
 
-CASES = [("gpt2", "relu"), ("llama", "skip"), ("gemma2", "jumprelu"), ("gpt2", "clt")]
+CASES = [
+    ("gpt2", "relu"),
+    ("llama", "skip"),
+    ("gemma2", "jumprelu"),
+    ("gemma2", "jumprelu_skip"),
+    ("gpt2", "clt"),
+]
 
 
 def _clt_set(tcs, seed: int = 0) -> CrossLayerTranscoderSet:
@@ -110,7 +116,9 @@ def test_direct_effects_equal_graph_edges(arch, kind):
     assert _rel_err(t3)[0] < 1e-4
 
 
-@pytest.mark.parametrize(("arch", "kind"), [("llama", "skip"), ("gpt2", "clt")])
+@pytest.mark.parametrize(
+    ("arch", "kind"), [("llama", "skip"), ("llama", "jumprelu_skip"), ("gpt2", "clt")]
+)
 def test_zeroing_one_feature_moves_targets_by_minus_its_column(arch, kind):
     model, ts, graph = _setup(arch, kind)
     feats = graph.node_indices("feature")
@@ -181,7 +189,9 @@ def _oracle_logits(model, ts, tokens, interventions, *, freeze: bool) -> torch.T
         return model(tokens)[0]
 
 
-@pytest.mark.parametrize(("arch", "kind"), [("llama", "skip"), ("gpt2", "clt")])
+@pytest.mark.parametrize(
+    ("arch", "kind"), [("llama", "skip"), ("llama", "jumprelu_skip"), ("gpt2", "clt")]
+)
 def test_full_replacement_model_matches_replacement_with_frozen_errors(arch, kind):
     model, ts, graph = _setup(arch, kind)
     group = _features(graph, 3, seed=2)

@@ -7,11 +7,11 @@ import shutil
 
 import pytest
 import torch
-from sae_lens import JumpReLUTranscoder, SkipTranscoder, Transcoder
+from sae_lens import JumpReLUSkipTranscoder, JumpReLUTranscoder, SkipTranscoder, Transcoder
 
 import sae_circuits as sc
 
-from .conftest import build
+from .conftest import KINDS, build
 from .tolerance import assert_close
 
 
@@ -20,7 +20,7 @@ def _save(tcs, folder):
         tc.save_model(folder / f"layer_{i}")
 
 
-@pytest.mark.parametrize("kind", ["relu", "jumprelu", "skip"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_folder_round_trip(tmp_path, kind):
     _, tcs = build("llama", kind)
     _save(tcs, tmp_path)
@@ -28,7 +28,12 @@ def test_folder_round_trip(tmp_path, kind):
     assert isinstance(ts, sc.PerLayerTranscoderSet) and len(ts) == len(tcs)
     assert ts.input_hooks == tuple(tc.cfg.metadata.hook_name for tc in tcs)
     assert ts.output_hooks[0] == "blocks.0.mlp.hook_out"
-    cls = {"relu": Transcoder, "jumprelu": JumpReLUTranscoder, "skip": SkipTranscoder}[kind]
+    cls = {
+        "relu": Transcoder,
+        "jumprelu": JumpReLUTranscoder,
+        "skip": SkipTranscoder,
+        "jumprelu_skip": JumpReLUSkipTranscoder,
+    }[kind]
     assert all(type(t) is cls for t in ts.transcoders)
     for a, b in zip(ts.transcoders, tcs, strict=True):
         for name, p in b.state_dict().items():

@@ -7,13 +7,13 @@ import torch
 
 import sae_circuits as sc
 
-from .conftest import assert_same_model, build, model_fingerprint
+from .conftest import KINDS, assert_same_model, build, model_fingerprint
 from .tolerance import assert_close, assert_differs, max_abs
 
 TOKENS = torch.tensor([[0, 5, 9, 3, 7, 2, 8]])
 
 
-@pytest.mark.parametrize("kind", ["relu", "jumprelu", "skip"])
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("arch", ["gpt2", "llama", "gemma2"])
 def test_logits_equal_original_inside(arch, kind):
     model, tcs = build(arch, kind)

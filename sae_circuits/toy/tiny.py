@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 __all__ = ["ARCHS", "HOOKS", "tiny_clt", "tiny_model", "tiny_transcoders"]
 
 Arch = Literal["gpt2", "llama", "gemma2"]
-Kind = Literal["relu", "jumprelu", "skip"]
+Kind = Literal["relu", "jumprelu", "skip", "jumprelu_skip"]
 
 #: HookedTransformerConfig keyword arguments of each style (sizes are filled in by tiny_model).
 ARCHS: dict[str, dict[str, Any]] = {
@@ -148,7 +148,8 @@ def tiny_transcoders(
 
     Args:
         model: A model from :func:`tiny_model` (or any small ``HookedTransformer``).
-        kind: ``"relu"`` (``Transcoder``), ``"jumprelu"`` or ``"skip"``.
+        kind: ``"relu"`` (``Transcoder``), ``"jumprelu"``, ``"skip"`` or ``"jumprelu_skip"``
+            (SAELens' ``JumpReLUSkipTranscoder``, as Gemma Scope 2's ``*_affine`` releases).
         seed: Seed of the weights.
         d_sae: Features per layer.
         density: About this fraction of features fire on ``calibration_tokens``.
@@ -179,7 +180,8 @@ def tiny_transcoders(
         handles.append((site, lambda t, layer=layer: captured.__setitem__(layer, t.detach()[0])))
     with torch.no_grad(), scoped_hooks(model, handles):
         model(calibration_tokens[None])
-    cls, ccls = transcoder_classes(jumprelu=kind == "jumprelu", skip=kind == "skip")
+    jumprelu, skip = kind in ("jumprelu", "jumprelu_skip"), kind in ("skip", "jumprelu_skip")
+    cls, ccls = transcoder_classes(jumprelu=jumprelu, skip=skip)
     d = cfg.d_model
     out = []
     for layer in range(cfg.n_layers):
@@ -192,7 +194,7 @@ def tiny_transcoders(
             pre = captured[layer][1:] @ w_enc
             threshold = 0.2 + 0.3 * torch.rand(d_sae, generator=gen)
             q = torch.quantile(pre.flatten(), 1 - density)
-            shift = threshold.mean() if kind == "jumprelu" else 0.0
+            shift = threshold.mean() if jumprelu else 0.0
             tc.W_enc.copy_(w_enc)
             tc.b_enc.copy_(-q + shift - 0.1 * torch.rand(d_sae, generator=gen))
             tc.W_dec.copy_(torch.randn(d_sae, d, generator=gen) * 3.0 / d_sae**0.5)

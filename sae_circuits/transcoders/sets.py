@@ -5,7 +5,7 @@ its input hook (e.g. ``blocks.l.mlp.hook_in``), computes sparse feature activati
 reconstructs what the MLP writes at its output hook (e.g. ``blocks.l.hook_mlp_out``).
 
 :class:`TranscoderSet` is the interface that replacement, attribution and interventions use;
-:class:`PerLayerTranscoderSet` implements it over SAELens ``Transcoder`` / ``SkipTranscoder`` /
+:class:`PerLayerTranscoderSet` implements it over SAELens ``Transcoder`` / ``SkipTranscoder`` / ``JumpReLUSkipTranscoder`` /
 ``JumpReLUTranscoder`` objects (one per layer). A cross-layer transcoder, whose features write to
 their own layer and every later one, implements the same interface (see ``transcoders.clt``).
 
