@@ -44,6 +44,7 @@ import math
 import os
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -59,7 +60,14 @@ if TYPE_CHECKING:
 
     from sae_circuits.graph import AttributionGraph
 
-__all__ = ["node_ids", "save_neuronpedia", "to_networkx", "to_neuronpedia"]
+__all__ = [
+    "NodeId",
+    "node_ids",
+    "parse_node_id",
+    "save_neuronpedia",
+    "to_networkx",
+    "to_neuronpedia",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +117,128 @@ def node_ids(graph: AttributionGraph, n_layers: int | None = None) -> tuple[list
         else:
             raise ValueError(f"unknown node kind {k!r}; valid kinds: feature, error, token, logit")
     return ids, js
+
+
+#: The node-id formats, for error messages.
+ID_FORMATS = (
+    "{layer}_{feature}_{position} (feature), E_{token_id}_{position} (token), "
+    "{layer}_-1_{position} (error) or {n_layers + 1}_{token_id}_{position} (logit)"
+)
+_WHOLE = re.compile(r"[0-9]+")  # ASCII digits only (int() also reads other scripts' digits)
+_MAX_DIGITS = 18  # every index fits an int64
+
+
+@dataclass(frozen=True)
+class NodeId:
+    """A parsed Neuronpedia node id (see :func:`parse_node_id`).
+
+    Attributes:
+        kind: ``"feature"``, ``"error"``, ``"token"`` or ``"logit"``.
+        position: Token position.
+        layer: Layer of features and error nodes (``None`` for tokens and logits).
+        feature: Feature index of feature nodes.
+        token_id: Token id of token and logit nodes.
+    """
+
+    kind: str
+    position: int
+    layer: int | None = None
+    feature: int | None = None
+    token_id: int | None = None
+
+
+def parse_node_id(
+    node_id: Any,
+    *,
+    n_layers: int | None = None,
+    n_positions: int | None = None,
+    where: str = "",
+) -> NodeId:
+    """Parse a Neuronpedia node id, the inverse of :func:`node_ids`.
+
+    Features are ``{layer}_{feature}_{position}``, error nodes ``{layer}_-1_{position}``, tokens
+    ``E_{token_id}_{position}`` and logits ``{n_layers + 1}_{token_id}_{position}``; every number
+    is a non-negative whole number in ASCII digits, without leading zeros (surrounding white
+    space is ignored).
+
+    Args:
+        node_id: The id.
+        n_layers: The model's number of layers, if known: tells logits from features and
+            refuses layers the model lacks. Without it every ``a_b_c`` id is a feature.
+        n_positions: The prompt's number of tokens, if known: refuses positions beyond it.
+        where: Where the id comes from, put in front of error messages (e.g. ``"pinnedIds"``).
+
+    Returns:
+        A :class:`NodeId`.
+
+    Raises:
+        ValueError: ``node_id`` is not a string, or is malformed or out of range; the message
+            names the id, the bad part and the valid formats.
+    """
+    pre = f"{where}: " if where else ""
+    if not isinstance(node_id, str):
+        raise ValueError(
+            f"{pre}node ids must be strings like '3_1234_5', got {type(node_id).__name__} "
+            f"{node_id!r:.60}"
+        )
+    for name, limit in (("n_layers", n_layers), ("n_positions", n_positions)):
+        ok = isinstance(limit, (int, np.integer)) and not isinstance(limit, bool) and limit >= 1
+        if limit is not None and not ok:
+            raise ValueError(f"{name} must be a whole number >= 1, got {limit!r}")
+
+    def bad(problem: str) -> ValueError:
+        return ValueError(
+            f"{pre}malformed node id {node_id!r:.80}; expected {ID_FORMATS}, but {problem}"
+        )
+
+    text = node_id.strip()
+    if not text:
+        raise bad("it is empty")
+    parts = text.split("_")
+    if len(parts) != 3:
+        raise bad(f"it has {len(parts)} part(s) separated by '_', not 3")
+    first, middle, last = parts
+    position = _id_number(last, "position", bad)
+    if first == "E":
+        node = NodeId("token", position, token_id=_id_number(middle, "token id", bad))
+    else:
+        if first[:1].isalpha():
+            raise bad(f"its first part {first!r:.40} is neither a layer nor 'E' (token nodes)")
+        layer = _id_number(first, "layer", bad)
+        if middle == "-1":
+            node = NodeId("error", position, layer=layer)
+        elif n_layers is not None and layer == n_layers + 1:
+            node = NodeId("logit", position, token_id=_id_number(middle, "token id", bad))
+        else:
+            node = NodeId(
+                "feature", position, layer=layer, feature=_id_number(middle, "feature", bad)
+            )
+    if n_layers is not None and node.layer is not None and node.layer >= n_layers:
+        raise ValueError(
+            f"{pre}node id {node_id!r:.80} has layer {node.layer}, but the model has {n_layers} "
+            f"layers (features 0..{n_layers - 1}, logits {n_layers + 1})"
+        )
+    if n_positions is not None and position >= n_positions:
+        raise ValueError(
+            f"{pre}node id {node_id!r:.80} has position {position}, but the prompt has "
+            f"{n_positions} tokens (positions 0..{n_positions - 1})"
+        )
+    return node
+
+
+def _id_number(text: str, what: str, bad: Any) -> int:
+    if not text:
+        raise bad(f"its {what} is empty")
+    if text.startswith("-") and _WHOLE.fullmatch(text[1:]):
+        extra = " (only error nodes have -1, in the feature place)" if what == "feature" else ""
+        raise bad(f"its {what} {text!r} is negative{extra}")
+    if not _WHOLE.fullmatch(text):
+        raise bad(f"its {what} {text[:40]!r} is not a whole number")
+    if len(text) > 1 and text[0] == "0":
+        raise bad(f"its {what} {text!r} has a leading zero")
+    if len(text) > _MAX_DIGITS:
+        raise bad(f"its {what} {text[:40]!r} is too large")
+    return int(text)
 
 
 def _n_layers(graph: AttributionGraph, n_layers: int | None) -> int:
@@ -224,17 +354,14 @@ def to_neuronpedia(
         for s, t, w in zip(src.tolist(), tgt.tolist(), weight.tolist(), strict=True)
     ]
     exported = {ids[i] for i in np.flatnonzero(shown).tolist()}
-    unknown = [x for x in pinned_ids if x not in exported]
-    unknown += [x for group in supernodes for x in list(group)[1:] if x not in exported]
-    if unknown:
-        raise ValueError(f"pinned / supernode ids not among the exported nodes: {unknown[:5]}")
+    pinned_ids, supernodes = _check_view(pinned_ids, supernodes, exported, n_layers)
 
     metadata = _document_metadata(graph, slug, scan, source_set, source_urls, prompt_tokens)
     return {
         "metadata": metadata,
         "qParams": {
-            "pinnedIds": list(pinned_ids),
-            "supernodes": [list(g) for g in supernodes],
+            "pinnedIds": pinned_ids,
+            "supernodes": supernodes,
             "linkType": "both",
             "clickedId": "",
             "sg_pos": "",
@@ -308,6 +435,52 @@ def _node_records(
             )
         out_nodes.append(node)
     return out_nodes
+
+
+def _check_view(
+    pinned_ids: Any, supernodes: Any, exported: set[str], n_layers: int
+) -> tuple[list[str], list[list[str]]]:
+    """``pinned_ids`` and ``supernodes`` as lists, or a ``ValueError`` naming each bad entry."""
+    for name, value in (("pinned_ids", pinned_ids), ("supernodes", supernodes)):
+        if isinstance(value, (str, bytes)) or not isinstance(value, (Sequence, set, frozenset)):
+            raise ValueError(
+                f"{name} must be a list, got {type(value).__name__} {value!r:.60}"
+                + (" (a list of node ids, not one string)" if isinstance(value, str) else "")
+            )
+    pinned = list(pinned_ids)
+    groups: list[list[str]] = []
+    for i, group in enumerate(supernodes):
+        if isinstance(group, (str, bytes)) or not isinstance(group, Sequence):
+            raise ValueError(
+                f"supernodes[{i}] must be a list [label, node_id, ...], got {group!r:.60}"
+            )
+        group = list(group)
+        if not group or not isinstance(group[0], str) or not group[0].strip():
+            raise ValueError(
+                f"supernodes[{i}] must start with a non-empty string label: [label, node_id, ...], "
+                f"got {group!r:.60}"
+            )
+        groups.append(group)
+    entries = [(f"pinned_ids[{i}]", x) for i, x in enumerate(pinned)]
+    entries += [
+        (f"supernodes[{i}][{j}]", x) for i, g in enumerate(groups) for j, x in enumerate(g) if j
+    ]
+    unknown = []
+    for where, x in entries:
+        if isinstance(x, str) and x in exported:
+            continue
+        try:
+            parse_node_id(x, n_layers=n_layers)
+            reason = "a valid id, but not an exported node"
+        except ValueError as e:
+            reason = str(e)
+        unknown.append(f"{where} {x!r:.60} ({reason})")
+    if unknown:
+        raise ValueError(
+            f"pinned / supernode ids not among the exported nodes: {'; '.join(unknown[:5])}"
+            + (f"; and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+        )
+    return pinned, groups
 
 
 def _document_metadata(

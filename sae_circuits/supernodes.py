@@ -39,6 +39,7 @@ import pandas as pd
 from transformer_lens import HookedTransformer
 
 from sae_circuits.attribution import Prompt
+from sae_circuits.export import parse_node_id
 from sae_circuits.graph import AttributionGraph
 from sae_circuits.intervene import InterventionResult, Interventions, intervene
 from sae_circuits.transcoders.sets import TranscoderSet
@@ -60,13 +61,6 @@ logger = logging.getLogger(__name__)
 
 FeatureKey = tuple[int, int, int]
 Reduce = Literal["sum", "mean"]
-_FEATURE_ID = re.compile(r"^(\d+)_(\d+)_(\d+)$")
-_TOKEN_ID = re.compile(r"^E_(\d+)_(\d+)$")
-_ERROR_ID = re.compile(r"^(\d+)_-1_(\d+)$")
-_ID_FORMATS = (
-    "{layer}_{feature}_{position} (feature), E_{token_id}_{position} (token), "
-    "{layer}_-1_{position} (error)"
-)
 
 
 def _as_key(t: Any, where: str) -> FeatureKey:
@@ -202,29 +196,56 @@ class NeuronpediaSelection:
 
 def _parse_id(node_id: Any, n_layers: int | None, where: str) -> tuple[str, tuple[int, int, int]]:
     """``("feature", (layer, pos, feat))``, ``("token", (pos, token_id, 0))``,
-    ``("logit", (pos, token_id, 0))`` or ``("error", (layer, pos, 0))``."""
-    if not isinstance(node_id, str):
-        raise ValueError(f"{where}: node ids must be strings like '3_1234_5', got {node_id!r}")
-    s = node_id.strip()
-    m = _TOKEN_ID.match(s)
-    if m:
-        return "token", (int(m.group(2)), int(m.group(1)), 0)
-    m = _ERROR_ID.match(s)
-    if m:
-        return "error", (int(m.group(1)), int(m.group(2)), 0)
-    m = _FEATURE_ID.match(s)
-    if not m:
-        raise ValueError(f"{where}: malformed node id {node_id!r}; expected {_ID_FORMATS}")
-    layer, a, pos = (int(g) for g in m.groups())
-    if n_layers is not None:
-        if layer == n_layers + 1:
-            return "logit", (pos, a, 0)
-        if layer >= n_layers:
-            raise ValueError(
-                f"{where}: node id {node_id!r} has layer {layer}, but the model has {n_layers} "
-                f"layers (features 0..{n_layers - 1}, logits {n_layers + 1})"
-            )
-    return "feature", (layer, pos, a)
+    ``("logit", (pos, token_id, 0))`` or ``("error", (layer, pos, 0))``
+    (:func:`sae_circuits.export.parse_node_id` does the parsing)."""
+    node = parse_node_id(node_id, n_layers=n_layers, where=where)
+    layer = -1 if node.layer is None else node.layer
+    if node.kind == "feature":
+        return "feature", (layer, node.position, -1 if node.feature is None else node.feature)
+    if node.kind == "error":
+        return "error", (layer, node.position, 0)
+    return node.kind, (node.position, -1 if node.token_id is None else node.token_id, 0)
+
+
+_URL_EXAMPLE = (
+    "https://www.neuronpedia.org/<model>/graph?slug=...&pinnedIds=...&"
+    'supernodes=[["name","3_1234_5",...]]'
+)
+
+
+def _query_params(url: str) -> dict[str, list[str]]:
+    """The query parameters of a Neuronpedia graph URL (or of a bare query string).
+
+    A full URL must be ``http(s)://<host>/.../graph?...``; the message of the ``ValueError``
+    names the bad part (scheme, host, port, path).
+    """
+    text = url.strip()
+    if not text:
+        raise ValueError(f"the URL is empty; expected a Neuronpedia graph URL like {_URL_EXAMPLE}")
+    try:
+        parts = urllib.parse.urlsplit(text)
+    except ValueError as e:  # e.g. an unclosed '[' of an IPv6 host
+        raise ValueError(f"the URL {text[:80]!r} cannot be parsed ({e})") from None
+    if not parts.scheme:  # a query string, or a URL without scheme: the part after '?'
+        return urllib.parse.parse_qs(parts.query if "?" in text else text, keep_blank_values=True)
+    where = f"the URL {text[:80]!r}"
+    if parts.scheme.lower() not in ("http", "https"):
+        raise ValueError(
+            f"{where} has the scheme {parts.scheme!r}; a Neuronpedia graph URL is http(s), "
+            f"like {_URL_EXAMPLE}"
+        )
+    if not parts.hostname:
+        raise ValueError(f"{where} has no host; expected one like {_URL_EXAMPLE}")
+    try:
+        parts.port  # noqa: B018 (parsing the port raises on a bad one)
+    except ValueError:
+        raise ValueError(f"{where} has an invalid port in {parts.netloc!r:.60}") from None
+    if not re.fullmatch(r"(/[^/]+)*/graph/?", parts.path):
+        raise ValueError(
+            f"{where} has the path {parts.path[:60]!r}, which is not a graph page; expected "
+            f"/<model>/graph, like {_URL_EXAMPLE}"
+        )
+    return urllib.parse.parse_qs(parts.query, keep_blank_values=True)
 
 
 def _unquote(value: str) -> str:
@@ -255,14 +276,21 @@ def from_neuronpedia_url(url: str, *, n_layers: int | None = None) -> Neuronpedi
     """
     if not isinstance(url, str):
         raise TypeError(f"expected the URL as a string, got {type(url).__name__}")
-    query = urllib.parse.urlsplit(url).query if "?" in url else url
-    params = urllib.parse.parse_qs(query, keep_blank_values=True)
+    if n_layers is not None and (
+        not isinstance(n_layers, int | np.integer) or isinstance(n_layers, bool) or n_layers < 1
+    ):
+        raise ValueError(f"n_layers must be a whole number >= 1, got {n_layers!r}")
+    params = _query_params(url)
     if "supernodes" not in params and "pinnedIds" not in params:
         raise ValueError(
             "the URL has neither a 'supernodes' nor a 'pinnedIds' query parameter; expected a "
-            "Neuronpedia graph URL like https://www.neuronpedia.org/<model>/graph?slug=...&"
-            'pinnedIds=...&supernodes=[["name","3_1234_5",...]]'
+            f"Neuronpedia graph URL like {_URL_EXAMPLE}"
         )
+    for name in ("supernodes", "pinnedIds"):
+        if len(params.get(name, ())) > 1:
+            raise ValueError(
+                f"the URL has {len(params[name])} {name!r} query parameters; expected at most one"
+            )
     supernodes: list[Supernode] = []
     skipped: list[str] = []
     raw = _unquote(params.get("supernodes", ["[]"])[0]) or "[]"
@@ -273,6 +301,12 @@ def from_neuronpedia_url(url: str, *, n_layers: int | None = None) -> Neuronpedi
             f"the 'supernodes' parameter is not valid JSON ({e.msg} at character {e.pos}); "
             "expected a list of [name, node_id, ...] lists"
         ) from None
+    except (ValueError, RecursionError) as e:  # integers of too many digits, deep nesting
+        problem = "nested too deeply" if isinstance(e, RecursionError) else str(e)[:100]
+        raise ValueError(
+            f"the 'supernodes' parameter is not valid JSON ({problem}); "
+            "expected a list of [name, node_id, ...] lists"
+        ) from None
     if not isinstance(data, list):
         raise ValueError(
             f"the 'supernodes' parameter must be a JSON list of [name, node_id, ...], got {raw[:60]!r}"
@@ -281,8 +315,10 @@ def from_neuronpedia_url(url: str, *, n_layers: int | None = None) -> Neuronpedi
     for i, entry in enumerate(data):
         if not isinstance(entry, list) or not entry or not isinstance(entry[0], str):
             raise ValueError(
-                f"supernode {i} is {entry!r}; expected [name, node_id, ...] with a string name"
+                f"supernode {i} is {entry!r:.80}; expected [name, node_id, ...] with a string name"
             )
+        if not entry[0].strip():
+            raise ValueError(f"supernode {i} has an empty name; expected [name, node_id, ...]")
         name = entry[0]
         counts[name] = counts.get(name, 0) + 1
         unique = name if counts[name] == 1 else f"{name} ({counts[name]})"
