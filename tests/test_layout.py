@@ -69,39 +69,7 @@ def test_ids_round_trip_on_every_node_of_a_graph():
         assert js_node_id(parsed.kind, **fields) == js[i]
 
 
-@pytest.mark.parametrize(
-    ("text", "match"),
-    [
-        ("", "has 0 part"),
-        ("3_1", "has 2 part"),
-        ("3_1_2_4", "has 4 part"),
-        ("x_1_2", "the layer 'x' is not a non-negative integer"),
-        ("3_y_2", "the feature 'y' is not a non-negative integer"),
-        ("3_1_z", "the position 'z' is not a non-negative integer"),
-        ("-3_1_2", "the layer '-3' is negative"),
-        ("3_-2_2", "the feature '-2'"),
-        ("3_1_-2", "the position '-2'"),
-        ("03_1_2", "the layer '03' has a leading zero"),
-        ("3_" + "9" * 19 + "_2", "has more than 18 digits"),
-        ("3_\u0663_2", "is not a non-negative integer"),
-        ("3_1_ 2", "the position ' 2'"),
-        ("E_x_2", "the token id 'x'"),
-        ("E__2", "the token id ''"),
-        ("4_1_2", "has layer 4, but the model has 4 layers"),
-        ("9_-1_2", "has layer 9, but the model has 4 layers"),
-        ("3_1_99", "has position 99, but the prompt has 10 positions"),
-        ("3_1_2\x00", "the position '2"),
-    ],
-)
-def test_malformed_ids_name_the_bad_part(text, match):
-    with pytest.raises(ValueError, match=match):
-        parse_node_id(text, n_layers=4, n_pos=10, where="test")
-
-
-@pytest.mark.parametrize("value", [None, 3, 3.5, b"3_1_2", ["3_1_2"]])
-def test_ids_must_be_strings(value):
-    with pytest.raises(ValueError, match="node ids are strings"):
-        parse_node_id(value)
+# malformed ids and their messages: tests/test_bad_input_node_ids.py
 
 
 def test_logit_ids_need_the_layer_count():

@@ -43,7 +43,12 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Any], None]) -> 
     tmp = folder / f".{path.name}.{secrets.token_hex(6)}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
-        with os.fdopen(fd, "wb") as f:
+        try:
+            f = os.fdopen(fd, "wb")
+        except BaseException:
+            os.close(fd)
+            raise
+        with f:
             write(f)
             f.flush()
             os.fsync(f.fileno())

@@ -24,8 +24,8 @@ from sae_circuits.graph._io import (
 )
 from sae_circuits.graph._layout import (
     NODE_ID_FORMATS,
+    NodeId,
     NodeLayout,
-    ParsedNodeId,
     js_node_id,
     node_id,
     parse_node_id,
@@ -50,9 +50,9 @@ __all__ = [
     "AttributionGraph",
     "GraphFileError",
     "GraphScores",
+    "NodeId",
     "NodeKind",
     "NodeLayout",
-    "ParsedNodeId",
     "PruneResult",
     "check_threshold",
     "cumulative_influence",

@@ -52,7 +52,7 @@ import pandas as pd
 
 from sae_circuits._version import __version__
 from sae_circuits.core.files import atomic_write
-from sae_circuits.graph._layout import js_node_id, node_id
+from sae_circuits.graph._layout import js_node_id, node_id, parse_node_id
 from sae_circuits.graph._pruning import cumulative_influence, node_influence
 
 if TYPE_CHECKING:
@@ -214,17 +214,14 @@ def to_neuronpedia(
         for s, t, w in zip(src.tolist(), tgt.tolist(), weight.tolist(), strict=True)
     ]
     exported = {ids[i] for i in np.flatnonzero(shown).tolist()}
-    unknown = [x for x in pinned_ids if x not in exported]
-    unknown += [x for group in supernodes for x in list(group)[1:] if x not in exported]
-    if unknown:
-        raise ValueError(f"pinned / supernode ids not among the exported nodes: {unknown[:5]}")
+    pinned_ids, supernodes = _check_view(pinned_ids, supernodes, exported, n_layers)
 
     metadata = _document_metadata(graph, slug, scan, source_set, source_urls, prompt_tokens)
     return {
         "metadata": metadata,
         "qParams": {
-            "pinnedIds": list(pinned_ids),
-            "supernodes": [list(g) for g in supernodes],
+            "pinnedIds": pinned_ids,
+            "supernodes": supernodes,
             "linkType": "both",
             "clickedId": "",
             "sg_pos": "",
@@ -298,6 +295,52 @@ def _node_records(
             )
         out_nodes.append(node)
     return out_nodes
+
+
+def _check_view(
+    pinned_ids: Any, supernodes: Any, exported: set[str], n_layers: int
+) -> tuple[list[str], list[list[str]]]:
+    """``pinned_ids`` and ``supernodes`` as lists, or a ``ValueError`` naming each bad entry."""
+    for name, value in (("pinned_ids", pinned_ids), ("supernodes", supernodes)):
+        if isinstance(value, (str, bytes)) or not isinstance(value, (Sequence, set, frozenset)):
+            raise ValueError(
+                f"{name} must be a list, got {type(value).__name__} {value!r:.60}"
+                + (" (a list of node ids, not one string)" if isinstance(value, str) else "")
+            )
+    pinned = list(pinned_ids)
+    groups: list[list[str]] = []
+    for i, group in enumerate(supernodes):
+        if isinstance(group, (str, bytes)) or not isinstance(group, Sequence):
+            raise ValueError(
+                f"supernodes[{i}] must be a list [label, node_id, ...], got {group!r:.60}"
+            )
+        group = list(group)
+        if not group or not isinstance(group[0], str) or not group[0].strip():
+            raise ValueError(
+                f"supernodes[{i}] must start with a non-empty string label: [label, node_id, ...], "
+                f"got {group!r:.60}"
+            )
+        groups.append(group)
+    entries = [(f"pinned_ids[{i}]", x) for i, x in enumerate(pinned)]
+    entries += [
+        (f"supernodes[{i}][{j}]", x) for i, g in enumerate(groups) for j, x in enumerate(g) if j
+    ]
+    unknown = []
+    for where, x in entries:
+        if isinstance(x, str) and x in exported:
+            continue
+        try:
+            parse_node_id(x, n_layers=n_layers)
+            reason = "a valid id, but not an exported node"
+        except ValueError as e:
+            reason = str(e)
+        unknown.append(f"{where} {x!r:.60} ({reason})")
+    if unknown:
+        raise ValueError(
+            f"pinned / supernode ids not among the exported nodes: {'; '.join(unknown[:5])}"
+            + (f"; and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+        )
+    return pinned, groups
 
 
 def _document_metadata(

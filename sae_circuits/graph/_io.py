@@ -18,13 +18,22 @@ Format, version 1 (``format_version`` in ``metadata.json``). A ZIP archive holdi
   "library_version", "n_nodes", "n_edges", "members": {name: {"sha256", "size"}},
   "metadata": graph.metadata}``. Metadata must be JSON data (dicts with string keys, lists,
   strings, numbers, booleans, ``None``); numpy scalars and arrays are stored as numbers and lists,
-  tuples as lists.
+  tuples as lists;
+* the ZIP comment: ``sae_circuits.attribution_graph metadata.json sha256=<hex>``, the checksum of
+  ``metadata.json`` itself (which holds those of the other members). Files written before it
+  existed have no comment and still load (``metadata.json`` is then covered by its ZIP CRC only);
+  any other comment is refused.
 
-Loading checks everything (ZIP structure and CRCs, member checksums, format name and version,
-shapes and column schemas) before building the graph, and raises :class:`GraphFileError` naming
-the problem, so a truncated, corrupted, foreign or newer-format file never gives a half-loaded
-graph. Saving serialises everything in memory first, writes to a temporary file in the target's
-folder, ``fsync``\\ s it and renames it over the target, so a failure never leaves a partial file.
+Loading reads the file into memory and checks everything (ZIP structure and CRCs, the header's
+and every member's sha256, format name and version, every header field, shapes and column
+schemas) before building the graph, and raises :class:`GraphFileError` naming the file and the
+part that is wrong (the ZIP directory, a member, a header field, a table column), so a
+truncated, corrupted, foreign or newer-format file never gives a half-loaded graph, and no other
+exception escapes for bad content (``OSError`` only for the file itself, e.g. permissions).
+
+Saving serialises everything in memory first, writes to a temporary file in the target's folder,
+``fsync``\\ s it and renames it over the target (:func:`atomic_write`), so a failure (an exception,
+a full disk) never leaves a partial file, nor a temporary one, and an existing file is untouched.
 
 Example:
     >>> graph.save("dallas.zip")
@@ -39,11 +48,11 @@ import json
 import logging
 import math
 import os
+import re
 import zipfile
-import zlib
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 import numpy as np
 import pandas as pd
@@ -70,6 +79,8 @@ FORMAT_NAME = "sae_circuits.attribution_graph"
 FORMAT_VERSION = 1
 _TABLE_FORMAT = "sae_circuits.table"
 _MEMBERS = ("adjacency.npz", "nodes.json", "logits.json")
+#: The ZIP comment starts with this, followed by the sha256 of ``metadata.json`` (hex).
+_COMMENT_PREFIX = b"sae_circuits.attribution_graph metadata.json sha256="
 _NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 
 
@@ -207,9 +218,11 @@ def _decode_column(spec: Mapping[str, Any], n_rows: int) -> Any:
     dtype = spec["dtype"]
     values = spec["values"]
     if not isinstance(values, list) or len(values) != n_rows:
-        raise GraphFileError(f"column {spec.get('name')!r} does not have {n_rows} values")
+        raise GraphFileError(f"does not have {n_rows} values")
     if dtype == "category":
         cats_spec = spec["categories"]
+        if not isinstance(cats_spec, dict) or not isinstance(cats_spec.get("values"), list):
+            raise GraphFileError("'categories' is not a column object")
         categories = pd.Index(_decode_column(cats_spec, len(cats_spec["values"])))
         cat_dtype = pd.CategoricalDtype(categories=categories, ordered=bool(spec["ordered"]))
         return pd.Categorical.from_codes(np.asarray(values, dtype=np.int64), dtype=cat_dtype)
@@ -234,24 +247,51 @@ def _decode_column(spec: Mapping[str, Any], n_rows: int) -> Any:
     return np.asarray(values, dtype=np_dtype)
 
 
-def _decode_table(raw: bytes, what: str) -> pd.DataFrame:
-    table = json.loads(raw)
+def _decode_table(raw: bytes) -> pd.DataFrame:
+    """A table from its JSON (errors name the field or column; the caller names the member)."""
+    table = json.loads(raw.decode("utf-8"))
     if not isinstance(table, dict) or table.get("format") != _TABLE_FORMAT:
-        raise GraphFileError(f"{what} is not a sae_circuits table")
-    n_rows = int(table["n_rows"])
+        raise GraphFileError("not a sae_circuits table")
+    n_rows = table.get("n_rows")
+    if not _is_int(n_rows) or n_rows < 0:
+        raise GraphFileError(f"field 'n_rows' is not a non-negative integer: {n_rows!r:.60}")
+    columns = table.get("columns")
+    if not isinstance(columns, list) or not all(isinstance(c, dict) for c in columns):
+        raise GraphFileError("field 'columns' is not a list of column objects")
     index: pd.Index = pd.RangeIndex(n_rows)
     if table.get("index") is not None:
         spec = table["index"]
-        values = _decode_column(spec, n_rows)
-        index = pd.Index(values, dtype=object if spec["dtype"] == "object" else None)
+        if not isinstance(spec, dict):
+            raise GraphFileError("field 'index' is not a column object")
+        values = _column(spec, n_rows, "the index")
+        index = pd.Index(values, dtype=object if spec.get("dtype") == "object" else None)
     data = {}
-    for spec in table["columns"]:
-        values = _decode_column(spec, n_rows)
+    for i, spec in enumerate(columns):
+        name = spec.get("name")
+        if not isinstance(name, str) or name in data:
+            raise GraphFileError(
+                f"column {i} has a missing, non-string or repeated name {name!r:.60}"
+            )
+        values = _column(spec, n_rows, f"column {name!r}")
         # (object columns stay object: pandas would otherwise infer a string dtype)
-        data[spec["name"]] = pd.Series(
+        data[name] = pd.Series(
             values, index=index, dtype=object if spec["dtype"] == "object" else None
         )
     return pd.DataFrame(data, index=index)
+
+
+def _column(spec: Mapping[str, Any], n_rows: int, where: str) -> Any:
+    try:
+        if not isinstance(spec.get("dtype"), str):
+            raise GraphFileError(f"'dtype' is not a string: {spec.get('dtype')!r:.60}")
+        return _decode_column(spec, n_rows)
+    except GraphFileError as e:
+        raise GraphFileError(f"{where}: {e}") from e
+    except Exception as e:
+        raise GraphFileError(
+            f"{where} (dtype {spec.get('dtype')!r:.40}) is malformed ({type(e).__name__}: "
+            f"{str(e)[:200]})"
+        ) from e
 
 
 # ---------------------------------------------------------------------------------------------
@@ -293,43 +333,138 @@ def save_graph(graph: AttributionGraph, path: str | os.PathLike[str]) -> Path:
         "metadata": _json_value(dict(graph.metadata), "graph.metadata"),
     }
     members["metadata.json"] = json.dumps(header, indent=1).encode()
+    comment = _header_comment(members["metadata.json"])
 
     def write(f: Any) -> None:
         with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
             for name, data in members.items():
                 zf.writestr(name, data)
+            zf.comment = comment
 
     out = atomic_write(path, write)
     logger.info("saved %r to %s", graph, out)
     return out
 
 
-def _read_members(path: Path) -> tuple[dict[str, Any], dict[str, bytes]]:
-    with zipfile.ZipFile(path) as zf:
-        names = set(zf.namelist())
-        if "metadata.json" not in names:
-            raise GraphFileError(f"{path} is a ZIP file but not a sae_circuits graph file")
-        header = json.loads(zf.read("metadata.json"))
-        if not isinstance(header, dict) or header.get("format") != FORMAT_NAME:
-            raise GraphFileError(f"{path} is not a sae_circuits graph file")
-        version = header.get("format_version")
-        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-            raise GraphFileError(f"{path}: invalid format_version {version!r}")
-        if version > FORMAT_VERSION:
+def _corrupt(path: Path, part: str, e: BaseException) -> GraphFileError:
+    return GraphFileError(
+        f"cannot read graph file {path}: it is truncated, corrupted or not a ZIP file "
+        f"({part}: {type(e).__name__}: {e})"
+    )
+
+
+def _check_header(header: Any, path: Path) -> dict[str, Any]:
+    """``metadata.json`` checked field by field (the message names the bad field)."""
+    if not isinstance(header, dict) or header.get("format") != FORMAT_NAME:
+        raise GraphFileError(f"{path} is not a sae_circuits graph file")
+    version = header.get("format_version")
+    if not _is_int(version) or version < 1:
+        raise GraphFileError(
+            f"{path}: metadata.json field 'format_version' is invalid: {version!r}"
+        )
+    if version > FORMAT_VERSION:
+        raise GraphFileError(
+            f"{path} has graph format version {version}, newer than this sae_circuits "
+            f"({__version__}) reads (up to {FORMAT_VERSION}); it was written by sae_circuits "
+            f"{header.get('library_version', '?')}: upgrade sae_circuits to load it"
+        )
+    for field in ("n_nodes", "n_edges"):
+        value = header.get(field)
+        if not _is_int(value) or value < 0:
             raise GraphFileError(
-                f"{path} has graph format version {version}, newer than this sae_circuits "
-                f"({__version__}) reads (up to {FORMAT_VERSION}); it was written by sae_circuits "
-                f"{header.get('library_version', '?')}: upgrade sae_circuits to load it"
+                f"{path}: metadata.json field {field!r} is not a non-negative integer: {value!r:.60}"
             )
-        missing = [m for m in _MEMBERS if m not in names]
-        if missing:
-            raise GraphFileError(f"{path} is incomplete: it lacks {', '.join(missing)}")
-        data = {m: zf.read(m) for m in _MEMBERS}
+    members = header.get("members")
+    if not isinstance(members, dict):
+        raise GraphFileError(f"{path}: metadata.json field 'members' is not an object")
+    for name in _MEMBERS:
+        entry = members.get(name)
+        ok = (
+            isinstance(entry, dict)
+            and isinstance(entry.get("sha256"), str)
+            and len(entry["sha256"]) == 64
+            and _is_int(entry.get("size"))
+            and entry["size"] >= 0
+        )
+        if not ok:
+            raise GraphFileError(
+                f"{path}: metadata.json field 'members'[{name!r}] is malformed: expected "
+                f"{{'sha256': <64 hex digits>, 'size': <bytes>}}, got {entry!r:.80}"
+            )
+    if not isinstance(header.get("metadata"), dict):
+        raise GraphFileError(f"{path}: metadata.json field 'metadata' is not a JSON object")
+    return header
+
+
+def _is_int(v: Any) -> TypeGuard[int]:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _read_members(path: Path, raw: bytes) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """The checked header and the data members of the file's bytes ``raw``."""
+    # (everything is parsed from memory: an OSError here is a malformed archive, not the disk)
+    part = "the ZIP directory"
+    try:
+        with zipfile.ZipFile(io.BytesIO(raw)) as zf:
+            names = set(zf.namelist())
+            comment = zf.comment
+            if "metadata.json" not in names:
+                raise GraphFileError(f"{path} is a ZIP file but not a sae_circuits graph file")
+            part = "member 'metadata.json'"
+            head = zf.read("metadata.json")
+            _check_header_digest(path, comment, head)
+            try:
+                header = json.loads(head.decode("utf-8"))
+            except (UnicodeDecodeError, ValueError, RecursionError) as e:
+                raise GraphFileError(f"{path}: metadata.json is not valid JSON ({e})") from e
+            header = _check_header(header, path)
+            missing = [m for m in _MEMBERS if m not in names]
+            if missing:
+                raise GraphFileError(f"{path} is incomplete: it lacks {', '.join(missing)}")
+            data = {}
+            for m in _MEMBERS:
+                part = f"member {m!r}"
+                data[m] = zf.read(m)
+    except GraphFileError:
+        raise
+    except Exception as e:  # any failure to parse the archive: BadZipFile, zlib.error, ...
+        raise _corrupt(path, part, e) from e
     for name, blob in data.items():
         expected = header["members"][name]
         if len(blob) != expected["size"] or hashlib.sha256(blob).hexdigest() != expected["sha256"]:
             raise GraphFileError(f"{path} is corrupted: {name} does not match its checksum")
     return header, data
+
+
+def _header_comment(head: bytes) -> bytes:
+    """The ZIP comment holding the checksum of ``metadata.json`` (which holds all others)."""
+    return _COMMENT_PREFIX + hashlib.sha256(head).hexdigest().encode()
+
+
+def _check_header_digest(path: Path, comment: bytes, head: bytes) -> None:
+    if not comment:  # written before the header had its own checksum (its ZIP CRC was checked)
+        return
+    digest = comment[len(_COMMENT_PREFIX) :]
+    if not comment.startswith(_COMMENT_PREFIX) or not re.fullmatch(rb"[0-9a-f]{64}", digest):
+        raise GraphFileError(
+            f"cannot read graph file {path}: it is truncated, corrupted or not a ZIP file (the "
+            f"ZIP comment does not hold the checksum of metadata.json: {comment[:100]!r})"
+        )
+    if comment != _header_comment(head):
+        raise GraphFileError(
+            f"{path} is corrupted: metadata.json does not match its checksum (in the ZIP comment)"
+        )
+
+
+def _decode_member(path: Path, name: str, decode: Callable[[], Any]) -> Any:
+    try:
+        return decode()
+    except GraphFileError as e:
+        raise GraphFileError(f"{path}: {name}: {e}") from e
+    except Exception as e:  # the checksums matched, so the file was written like this
+        raise GraphFileError(
+            f"{path}: {name} is malformed ({type(e).__name__}: {str(e)[:200]})"
+        ) from e
 
 
 def load_graph(path: str | os.PathLike[str], *, factory: Callable[..., Any]) -> Any:
@@ -340,42 +475,40 @@ def load_graph(path: str | os.PathLike[str], *, factory: Callable[..., Any]) -> 
         factory: The graph class (called with ``adjacency``, ``nodes``, ``logits``, ``metadata``).
 
     Returns:
-        The graph.
+        The graph (complete and checked: nothing is returned half-loaded).
 
     Raises:
         FileNotFoundError: No such file.
-        GraphFileError: Anything wrong with the file's content.
+        OSError: The file cannot be read (permissions, I/O error).
+        GraphFileError: Anything wrong with the file's content; the message names the file and
+            the part (ZIP directory, member, field or column) that is wrong.
     """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no graph file at {path}")
     if path.is_dir():
         raise IsADirectoryError(f"{path} is a directory, not a graph file")
-    try:
-        header, data = _read_members(path)
-        adjacency = sp.csr_array(sp.load_npz(io.BytesIO(data["adjacency.npz"])))
-        nodes = _decode_table(data["nodes.json"], "nodes.json")
-        logits = _decode_table(data["logits.json"], "logits.json")
-        n = int(header["n_nodes"])
-        if len(nodes) != n or adjacency.shape != (n, n) or adjacency.nnz != header["n_edges"]:
-            raise GraphFileError(
-                f"{path} is inconsistent: {len(nodes)} nodes and a {adjacency.shape} adjacency "
-                f"with {adjacency.nnz} edges, but the header says {n} nodes, {header['n_edges']} edges"
-            )
-        metadata = header["metadata"]
-        if not isinstance(metadata, dict):
-            raise GraphFileError(f"{path}: metadata is not a JSON object")
-    except GraphFileError:
-        raise
-    except (zipfile.BadZipFile, zlib.error, EOFError) as e:
+    raw = path.read_bytes()
+    header, data = _read_members(path, raw)
+
+    def adjacency_of() -> sp.csr_array:
+        matrix = sp.csr_array(sp.load_npz(io.BytesIO(data["adjacency.npz"])))
+        matrix.check_format(full_check=True)  # index arrays in range and consistent
+        return matrix
+
+    adjacency = _decode_member(path, "adjacency.npz", adjacency_of)
+    nodes = _decode_member(path, "nodes.json", lambda: _decode_table(data["nodes.json"]))
+    logits = _decode_member(path, "logits.json", lambda: _decode_table(data["logits.json"]))
+    n = header["n_nodes"]
+    if len(nodes) != n or adjacency.shape != (n, n) or adjacency.nnz != header["n_edges"]:
         raise GraphFileError(
-            f"cannot read graph file {path}: it is truncated, corrupted or not a ZIP file ({e})"
-        ) from e
-    except (KeyError, TypeError, ValueError, UnicodeDecodeError) as e:
-        raise GraphFileError(f"cannot read graph file {path}: malformed content ({e!r})") from e
+            f"{path} is inconsistent: {len(nodes)} nodes and a {adjacency.shape} adjacency "
+            f"with {adjacency.nnz} edges, but the header says {n} nodes, {header['n_edges']} edges"
+        )
+    metadata = header["metadata"]
     try:
         graph = factory(adjacency=adjacency, nodes=nodes, logits=logits, metadata=metadata)
-    except ValueError as e:
+    except Exception as e:  # the graph's own checks (ValueError), or content they trip over
         raise GraphFileError(f"{path} does not hold a valid graph: {e}") from e
     logger.info("loaded %r from %s", graph, path)
     return graph

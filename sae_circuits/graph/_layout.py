@@ -25,7 +25,7 @@ Example:
     >>> layout.error_node(2, 5), layout.token_node(0), layout.logit_node(0)
     (143, 156, 165)
     >>> parse_node_id("3_1234_5", n_layers=4)
-    ParsedNodeId(kind='feature', layer=3, position=5, feature=1234, token_id=None)
+    NodeId(kind='feature', position=5, layer=3, feature=1234, token_id=None)
 """
 
 from __future__ import annotations
@@ -38,21 +38,14 @@ import numpy as np
 
 __all__ = [
     "NODE_ID_FORMATS",
+    "NodeId",
     "NodeLayout",
-    "ParsedNodeId",
     "js_node_id",
     "node_id",
     "parse_node_id",
 ]
 
 Kind = Literal["feature", "error", "token", "logit"]
-
-#: What :func:`parse_node_id` accepts, for messages.
-NODE_ID_FORMATS = (
-    "'{layer}_{feature}_{position}' (feature), '{layer}_-1_{position}' (error), "
-    "'E_{token_id}_{position}' (token), '{n_layers + 1}_{token_id}_{position}' (logit)"
-)
-_INT = re.compile(r"^(0|[1-9][0-9]{0,17})$")  # ASCII digits, no leading zero, fits an int64
 
 
 @dataclass(frozen=True)
@@ -190,93 +183,123 @@ def _need(value: Any, name: str, kind: str) -> int:
     return int(value)
 
 
-@dataclass(frozen=True)
-class ParsedNodeId:
-    """A node id read back: its kind and the fields the id holds (``None`` where it holds none)."""
+#: The node-id formats, for error messages.
+NODE_ID_FORMATS = (
+    "{layer}_{feature}_{position} (feature), E_{token_id}_{position} (token), "
+    "{layer}_-1_{position} (error) or {n_layers + 1}_{token_id}_{position} (logit)"
+)
+_WHOLE = re.compile(r"[0-9]+")  # ASCII digits only (int() also reads other scripts' digits)
+_MAX_DIGITS = 18  # every index fits an int64
 
-    kind: Kind
-    layer: int | None
+
+@dataclass(frozen=True)
+class NodeId:
+    """A parsed Neuronpedia node id (see :func:`parse_node_id`).
+
+    Attributes:
+        kind: ``"feature"``, ``"error"``, ``"token"`` or ``"logit"``.
+        position: Token position.
+        layer: Layer of features and error nodes (``None`` for tokens and logits).
+        feature: Feature index of feature nodes.
+        token_id: Token id of token and logit nodes.
+    """
+
+    kind: str
     position: int
-    feature: int | None
-    token_id: int | None
+    layer: int | None = None
+    feature: int | None = None
+    token_id: int | None = None
 
 
 def parse_node_id(
-    text: Any,
+    node_id: Any,
     *,
     n_layers: int | None = None,
-    n_pos: int | None = None,
-    where: str = "node id",
-) -> ParsedNodeId:
-    """Read a Neuronpedia node id (:data:`NODE_ID_FORMATS`).
+    n_positions: int | None = None,
+    where: str = "",
+) -> NodeId:
+    """Parse a Neuronpedia node id, the inverse of :func:`node_ids`.
+
+    Features are ``{layer}_{feature}_{position}``, error nodes ``{layer}_-1_{position}``, tokens
+    ``E_{token_id}_{position}`` and logits ``{n_layers + 1}_{token_id}_{position}``; every number
+    is a non-negative whole number in ASCII digits, without leading zeros (surrounding white
+    space is ignored).
 
     Args:
-        text: The id.
-        n_layers: The model's number of layers, when known: tells a logit id
-            (``{n_layers + 1}_...``) from a feature id and rejects layers the model lacks. Without
-            it every ``a_b_c`` id with ``b >= 0`` is a feature.
-        n_pos: The prompt's length, when known: rejects positions outside it.
-        where: What the id is, for messages.
+        node_id: The id.
+        n_layers: The model's number of layers, if known: tells logits from features and
+            refuses layers the model lacks. Without it every ``a_b_c`` id is a feature.
+        n_positions: The prompt's number of tokens, if known: refuses positions beyond it.
+        where: Where the id comes from, put in front of error messages (e.g. ``"pinnedIds"``).
+
+    Returns:
+        A :class:`NodeId`.
 
     Raises:
-        ValueError: The id is not a string, has the wrong number of parts, a part that is not a
-            non-negative integer (``-1`` only as an error's feature), or a layer or position out
-            of range; the message names the part and the valid formats.
+        ValueError: ``node_id`` is not a string, or is malformed or out of range; the message
+            names the id, the bad part and the valid formats.
     """
-    if not isinstance(text, str):
+    pre = f"{where}: " if where else ""
+    if not isinstance(node_id, str):
         raise ValueError(
-            f"{where}: node ids are strings like '3_1234_5', got {type(text).__name__} {text!r}"
+            f"{pre}node ids must be strings like '3_1234_5', got {type(node_id).__name__} "
+            f"{node_id!r:.60}"
         )
-    s = text.strip()
-    parts = s.split("_")
-    if len(parts) != 3 or not s:
-        raise ValueError(
-            f"{where}: {text!r} has {len(parts) if s else 0} part(s) separated by '_', expected 3: "
-            f"{NODE_ID_FORMATS}"
+    for name, limit in (("n_layers", n_layers), ("n_positions", n_positions)):
+        ok = isinstance(limit, (int, np.integer)) and not isinstance(limit, bool) and limit >= 1
+        if limit is not None and not ok:
+            raise ValueError(f"{name} must be a whole number >= 1, got {limit!r}")
+
+    def bad(problem: str) -> ValueError:
+        return ValueError(
+            f"{pre}malformed node id {node_id!r:.80}; expected {NODE_ID_FORMATS}, but {problem}"
         )
+
+    text = node_id.strip()
+    if not text:
+        raise bad("it is empty")
+    parts = text.split("_")
+    if len(parts) != 3:
+        raise bad(f"it has {len(parts)} part(s) separated by '_', not 3")
     first, middle, last = parts
-    position = _part(last, "position", text, where)
-    if n_pos is not None and position >= n_pos:
-        raise ValueError(
-            f"{where}: {text!r} has position {position}, but the prompt has {n_pos} positions "
-            f"(0..{n_pos - 1})"
-        )
+    position = _id_number(last, "position", bad)
     if first == "E":
-        return ParsedNodeId("token", None, position, None, _part(middle, "token id", text, where))
-    layer = _part(first, "layer", text, where)
-    if middle == "-1":
-        _check_layer(layer, n_layers, text, where, logit_ok=False)
-        return ParsedNodeId("error", layer, position, None, None)
-    value = _part(middle, "feature", text, where)
-    if n_layers is not None and layer == n_layers + 1:
-        return ParsedNodeId("logit", None, position, None, value)
-    _check_layer(layer, n_layers, text, where, logit_ok=True)
-    return ParsedNodeId("feature", layer, position, value, None)
-
-
-def _part(value: str, name: str, text: str, where: str) -> int:
-    if not _INT.fullmatch(value):
-        why = "is not a non-negative integer"
-        if value.startswith("-"):
-            why = "is negative" + (
-                " (only an error node has -1, as its feature)" if name == "feature" else ""
+        node = NodeId("token", position, token_id=_id_number(middle, "token id", bad))
+    else:
+        if first[:1].isalpha():
+            raise bad(f"its first part {first!r:.40} is neither a layer nor 'E' (token nodes)")
+        layer = _id_number(first, "layer", bad)
+        if middle == "-1":
+            node = NodeId("error", position, layer=layer)
+        elif n_layers is not None and layer == n_layers + 1:
+            node = NodeId("logit", position, token_id=_id_number(middle, "token id", bad))
+        else:
+            node = NodeId(
+                "feature", position, layer=layer, feature=_id_number(middle, "feature", bad)
             )
-        elif len(value) > 18:
-            why = "has more than 18 digits"
-        elif len(value) > 1 and value[0] == "0":
-            why = "has a leading zero"
+    if n_layers is not None and node.layer is not None and node.layer >= n_layers:
         raise ValueError(
-            f"{where}: {text!r:.80}: the {name} {value[:40]!r} {why}; expected {NODE_ID_FORMATS}"
+            f"{pre}node id {node_id!r:.80} has layer {node.layer}, but the model has {n_layers} "
+            f"layers (features 0..{n_layers - 1}, logits {n_layers + 1})"
         )
-    return int(value)
+    if n_positions is not None and position >= n_positions:
+        raise ValueError(
+            f"{pre}node id {node_id!r:.80} has position {position}, but the prompt has "
+            f"{n_positions} tokens (positions 0..{n_positions - 1})"
+        )
+    return node
 
 
-def _check_layer(
-    layer: int, n_layers: int | None, text: str, where: str, *, logit_ok: bool
-) -> None:
-    if n_layers is not None and layer >= n_layers:
-        logit = f", logits {n_layers + 1}" if logit_ok else ""
-        raise ValueError(
-            f"{where}: {text!r} has layer {layer}, but the model has {n_layers} layers "
-            f"(features and errors 0..{n_layers - 1}{logit})"
-        )
+def _id_number(text: str, what: str, bad: Any) -> int:
+    if not text:
+        raise bad(f"its {what} is empty")
+    if text.startswith("-") and _WHOLE.fullmatch(text[1:]):
+        extra = " (only error nodes have -1, in the feature place)" if what == "feature" else ""
+        raise bad(f"its {what} {text!r} is negative{extra}")
+    if not _WHOLE.fullmatch(text):
+        raise bad(f"its {what} {text[:40]!r} is not a whole number")
+    if len(text) > 1 and text[0] == "0":
+        raise bad(f"its {what} {text!r} has a leading zero")
+    if len(text) > _MAX_DIGITS:
+        raise bad(f"its {what} {text[:40]!r} is too large")
+    return int(text)

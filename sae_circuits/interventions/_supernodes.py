@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import urllib.parse
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -194,16 +195,56 @@ class NeuronpediaSelection:
 
 def _parse_id(node_id: Any, n_layers: int | None, where: str) -> tuple[str, tuple[int, int, int]]:
     """``("feature", (layer, pos, feat))``, ``("token", (pos, token_id, 0))``,
-    ``("logit", (pos, token_id, 0))`` or ``("error", (layer, pos, 0))``."""
-    p = parse_node_id(node_id, n_layers=n_layers, where=where)
-    if p.kind == "feature":
-        assert p.layer is not None and p.feature is not None
-        return "feature", (p.layer, p.position, p.feature)
-    if p.kind == "error":
-        assert p.layer is not None
-        return "error", (p.layer, p.position, 0)
-    assert p.token_id is not None
-    return p.kind, (p.position, p.token_id, 0)
+    ``("logit", (pos, token_id, 0))`` or ``("error", (layer, pos, 0))``
+    (:func:`sae_circuits.graph.parse_node_id` does the parsing)."""
+    node = parse_node_id(node_id, n_layers=n_layers, where=where)
+    layer = -1 if node.layer is None else node.layer
+    if node.kind == "feature":
+        return "feature", (layer, node.position, -1 if node.feature is None else node.feature)
+    if node.kind == "error":
+        return "error", (layer, node.position, 0)
+    return node.kind, (node.position, -1 if node.token_id is None else node.token_id, 0)
+
+
+_URL_EXAMPLE = (
+    "https://www.neuronpedia.org/<model>/graph?slug=...&pinnedIds=...&"
+    'supernodes=[["name","3_1234_5",...]]'
+)
+
+
+def _query_params(url: str) -> dict[str, list[str]]:
+    """The query parameters of a Neuronpedia graph URL (or of a bare query string).
+
+    A full URL must be ``http(s)://<host>/.../graph?...``; the message of the ``ValueError``
+    names the bad part (scheme, host, port, path).
+    """
+    text = url.strip()
+    if not text:
+        raise ValueError(f"the URL is empty; expected a Neuronpedia graph URL like {_URL_EXAMPLE}")
+    try:
+        parts = urllib.parse.urlsplit(text)
+    except ValueError as e:  # e.g. an unclosed '[' of an IPv6 host
+        raise ValueError(f"the URL {text[:80]!r} cannot be parsed ({e})") from None
+    if not parts.scheme:  # a query string, or a URL without scheme: the part after '?'
+        return urllib.parse.parse_qs(parts.query if "?" in text else text, keep_blank_values=True)
+    where = f"the URL {text[:80]!r}"
+    if parts.scheme.lower() not in ("http", "https"):
+        raise ValueError(
+            f"{where} has the scheme {parts.scheme!r}; a Neuronpedia graph URL is http(s), "
+            f"like {_URL_EXAMPLE}"
+        )
+    if not parts.hostname:
+        raise ValueError(f"{where} has no host; expected one like {_URL_EXAMPLE}")
+    try:
+        parts.port  # noqa: B018 (parsing the port raises on a bad one)
+    except ValueError:
+        raise ValueError(f"{where} has an invalid port in {parts.netloc!r:.60}") from None
+    if not re.fullmatch(r"(/[^/]+)*/graph/?", parts.path):
+        raise ValueError(
+            f"{where} has the path {parts.path[:60]!r}, which is not a graph page; expected "
+            f"/<model>/graph, like {_URL_EXAMPLE}"
+        )
+    return urllib.parse.parse_qs(parts.query, keep_blank_values=True)
 
 
 def _unquote(value: str) -> str:
@@ -234,14 +275,21 @@ def from_neuronpedia_url(url: str, *, n_layers: int | None = None) -> Neuronpedi
     """
     if not isinstance(url, str):
         raise TypeError(f"expected the URL as a string, got {type(url).__name__}")
-    query = urllib.parse.urlsplit(url).query if "?" in url else url
-    params = urllib.parse.parse_qs(query, keep_blank_values=True)
+    if n_layers is not None and (
+        not isinstance(n_layers, int | np.integer) or isinstance(n_layers, bool) or n_layers < 1
+    ):
+        raise ValueError(f"n_layers must be a whole number >= 1, got {n_layers!r}")
+    params = _query_params(url)
     if "supernodes" not in params and "pinnedIds" not in params:
         raise ValueError(
             "the URL has neither a 'supernodes' nor a 'pinnedIds' query parameter; expected a "
-            "Neuronpedia graph URL like https://www.neuronpedia.org/<model>/graph?slug=...&"
-            'pinnedIds=...&supernodes=[["name","3_1234_5",...]]'
+            f"Neuronpedia graph URL like {_URL_EXAMPLE}"
         )
+    for name in ("supernodes", "pinnedIds"):
+        if len(params.get(name, ())) > 1:
+            raise ValueError(
+                f"the URL has {len(params[name])} {name!r} query parameters; expected at most one"
+            )
     supernodes: list[Supernode] = []
     skipped: list[str] = []
     raw = _unquote(params.get("supernodes", ["[]"])[0]) or "[]"
@@ -252,6 +300,12 @@ def from_neuronpedia_url(url: str, *, n_layers: int | None = None) -> Neuronpedi
             f"the 'supernodes' parameter is not valid JSON ({e.msg} at character {e.pos}); "
             "expected a list of [name, node_id, ...] lists"
         ) from None
+    except (ValueError, RecursionError) as e:  # integers of too many digits, deep nesting
+        problem = "nested too deeply" if isinstance(e, RecursionError) else str(e)[:100]
+        raise ValueError(
+            f"the 'supernodes' parameter is not valid JSON ({problem}); "
+            "expected a list of [name, node_id, ...] lists"
+        ) from None
     if not isinstance(data, list):
         raise ValueError(
             f"the 'supernodes' parameter must be a JSON list of [name, node_id, ...], got {raw[:60]!r}"
@@ -260,8 +314,10 @@ def from_neuronpedia_url(url: str, *, n_layers: int | None = None) -> Neuronpedi
     for i, entry in enumerate(data):
         if not isinstance(entry, list) or not entry or not isinstance(entry[0], str):
             raise ValueError(
-                f"supernode {i} is {entry!r}; expected [name, node_id, ...] with a string name"
+                f"supernode {i} is {entry!r:.80}; expected [name, node_id, ...] with a string name"
             )
+        if not entry[0].strip():
+            raise ValueError(f"supernode {i} has an empty name; expected [name, node_id, ...]")
         name = entry[0]
         counts[name] = counts.get(name, 0) + 1
         unique = name if counts[name] == 1 else f"{name} ({counts[name]})"

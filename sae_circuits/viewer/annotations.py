@@ -140,6 +140,13 @@ def _label(value: Any, where: str, limits: AnnotationLimits, *, allow_empty: boo
         )
     if _CONTROL.search(value):
         raise AnnotationError(f"{where}: labels cannot hold control characters (newlines, tabs)")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise AnnotationError(
+            f"{where}: the label is not valid Unicode text (it holds a lone surrogate, e.g. "
+            "from '\\ud800' in the JSON)"
+        ) from None
     if not allow_empty and not value.strip():
         raise AnnotationError(f"{where}: the label is empty")
     return value

@@ -1,6 +1,7 @@
 """The viewer's local HTTP server (standard library only).
 
-Routes (everything else is ``404``):
+Routes (everything else is ``404``, other methods ``405``; the API routes take no query
+parameters but ``/api/graph``'s two, each at most once: anything else is ``400``):
 
 =====================================  ===========================================================
 ``GET /``                              the page (``static/index.html``)
@@ -35,13 +36,16 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import socket
+import sys
 import urllib.parse
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from sae_circuits.graph import GraphFileError
 from sae_circuits.viewer.annotations import (
     DEFAULT_LIMITS,
     AnnotationError,
@@ -137,6 +141,14 @@ class ViewerServer(ThreadingHTTPServer):
             self.address_family = socket.AF_INET6
         super().__init__((bind, port), ViewerHandler)
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Log a failed connection (a client that went away is no error) and keep serving."""
+        error = sys.exc_info()[1]
+        if isinstance(error, (ConnectionError, TimeoutError)):
+            logger.debug("connection from %s ended: %r", client_address, error)
+        else:
+            logger.exception("error on the connection from %s", client_address)
+
     @property
     def port(self) -> int:
         """The port actually bound."""
@@ -165,6 +177,43 @@ def make_server(
     return ViewerServer(folder, host=host, port=port, allow_remote=allow_remote, **kwargs)
 
 
+#: A threshold in a query string: a plain ASCII decimal number (what the page sends).
+#: (``nan`` and ``inf`` pass here, to be refused with the range.)
+_NUMBER = re.compile(
+    r"[-+]?(([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]{1,3})?|nan|inf|infinity)", re.IGNORECASE
+)
+
+
+def _parse_query(query: str, names: tuple[str, ...]) -> dict[str, str]:
+    """The query string's parameters (each of ``names`` at most once, with a value), or a 400."""
+    if not query:
+        return {}
+    if not names:
+        raise _HTTPError(HTTPStatus.BAD_REQUEST, "this address takes no query parameters")
+    try:
+        pairs = urllib.parse.parse_qsl(
+            query, keep_blank_values=True, strict_parsing=True, errors="strict", max_num_fields=10
+        )
+    except (ValueError, UnicodeDecodeError):
+        raise _HTTPError(
+            HTTPStatus.BAD_REQUEST,
+            f"malformed query string {query[:80]!r}; valid parameters: {', '.join(names)}",
+        ) from None
+    out: dict[str, str] = {}
+    for key, value in pairs:
+        if key not in names:
+            raise _HTTPError(
+                HTTPStatus.BAD_REQUEST,
+                f"unknown parameters [{key[:40]!r}]; valid: {', '.join(names)}",
+            )
+        if key in out:
+            raise _HTTPError(HTTPStatus.BAD_REQUEST, f"{key} is given more than once")
+        if not value:
+            raise _HTTPError(HTTPStatus.BAD_REQUEST, f"{key} is empty; give a number in [0, 1]")
+        out[key] = value
+    return out
+
+
 class _HTTPError(Exception):
     def __init__(self, status: HTTPStatus, message: str) -> None:
         super().__init__(message)
@@ -179,6 +228,9 @@ class ViewerHandler(BaseHTTPRequestHandler):
     server_version = "sae-circuits-viewer"
     sys_version = ""
     protocol_version = "HTTP/1.1"
+    # (the standard library's default, HTTP/0.9, answers a malformed request line without any
+    # status line; no client speaks HTTP/0.9 any more)
+    default_request_version = "HTTP/1.0"
     timeout = 30  # seconds a connection may stay silent (slow clients cannot hold threads)
 
     # -- plumbing ------------------------------------------------------------------------
@@ -208,7 +260,10 @@ class ViewerHandler(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
     def _json(self, status: HTTPStatus, obj: Any) -> None:
-        body = json.dumps(obj, allow_nan=False, ensure_ascii=False).encode("utf-8")
+        try:
+            body = json.dumps(obj, allow_nan=False, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate in a string: send it escaped
+            body = json.dumps(obj, allow_nan=False).encode("ascii")
         self._send(status, body, "application/json; charset=utf-8")
 
     def _error(self, status: HTTPStatus, message: str) -> None:
@@ -226,10 +281,13 @@ class ViewerHandler(BaseHTTPRequestHandler):
                 )
             if not self.path.startswith("/"):
                 raise _HTTPError(HTTPStatus.BAD_REQUEST, "the request target must be a path")
-            target = self.path.split("#", 1)[0]
-            path, _, query = target.partition("?")
-            getattr(self, f"_{method}")(path, urllib.parse.parse_qs(query))
+            if "#" in self.path:
+                raise _HTTPError(HTTPStatus.BAD_REQUEST, "the request target holds a fragment (#)")
+            path, _, query = self.path.partition("?")
+            getattr(self, f"_{method}")(path, query)
         except _HTTPError as e:
+            if method == "post":  # the body may be unread: it must not be taken for a request
+                self.close_connection = True
             if e.status >= 400:
                 logger.info("%s %s -> %d: %s", self.command, self.path, e.status, e.message)
             self._error(e.status, e.message)
@@ -248,50 +306,55 @@ class ViewerHandler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         self._dispatch("post")
 
+    def _not_allowed(self) -> None:
+        self.close_connection = True  # a body may follow, unread
+        self._error(
+            HTTPStatus.METHOD_NOT_ALLOWED, f"{self.command} is not supported; use GET or POST"
+        )
+
+    do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_TRACE = do_CONNECT = _not_allowed
+
     # -- routes ----------------------------------------------------------------------------
 
-    def _get(self, path: str, query: dict[str, list[str]]) -> None:
+    def _get(self, path: str, query: str) -> None:
         static = self.server.static.get(path)
-        if static is not None:
+        if static is not None:  # (a query string on the page's files is ignored, as usual)
             suffix = static.suffix
             extra = {"Content-Security-Policy": _CSP} if suffix == ".html" else None
             self._send(HTTPStatus.OK, static.read_bytes(), _TYPES[suffix], extra)
         elif path == "/api/graph":
-            self._graph(query)
+            self._graph(_parse_query(query, ("node_threshold", "edge_threshold")))
         elif path == "/api/annotations":
+            _parse_query(query, ())
             try:
                 self._json(HTTPStatus.OK, self.server.annotations.read())
             except AnnotationFileError as e:
                 raise _HTTPError(HTTPStatus.INTERNAL_SERVER_ERROR, str(e)) from e
         elif path.startswith("/files/"):
+            _parse_query(query, ())
             self._file(path[len("/files/") :])
         else:
             raise _HTTPError(HTTPStatus.NOT_FOUND, f"no such page: {path[:200]}")
 
-    def _graph(self, query: dict[str, list[str]]) -> None:
-        unknown = set(query) - {"node_threshold", "edge_threshold"}
-        if unknown:
-            raise _HTTPError(
-                HTTPStatus.BAD_REQUEST,
-                f"unknown parameters {sorted(unknown)[:5]}; valid: node_threshold, edge_threshold",
-            )
+    def _graph(self, query: dict[str, str]) -> None:
         values: dict[str, float | None] = {}
         for name in ("node_threshold", "edge_threshold"):
             raw = query.get(name)
-            if not raw:
+            if raw is None:
                 values[name] = None
                 continue
-            try:
-                values[name] = float(raw[-1])
-            except ValueError:
+            if not _NUMBER.fullmatch(raw):
                 raise _HTTPError(
                     HTTPStatus.BAD_REQUEST,
-                    f"{name} must be a number in [0, 1], got {raw[-1]!r:.40}",
-                ) from None
+                    f"{name} must be a number in [0, 1], got {raw!r:.40}",
+                )
+            values[name] = float(raw)
         try:
             body = self.server.source.document_bytes(**values)
         except (TypeError, ValueError) as e:
-            status = HTTPStatus.CONFLICT if isinstance(e, GraphFolderError) else 400
+            # (a broken file of the folder is a conflict with its state, not a bad request)
+            conflict = isinstance(e, (GraphFolderError, GraphFileError))
+            status = HTTPStatus.CONFLICT if conflict else 400
             raise _HTTPError(HTTPStatus(status), str(e)) from e
         self._send(HTTPStatus.OK, body, "application/json; charset=utf-8")
 
@@ -300,24 +363,31 @@ class ViewerHandler(BaseHTTPRequestHandler):
             relative = urllib.parse.unquote(encoded, errors="strict")
         except UnicodeDecodeError:
             raise _HTTPError(HTTPStatus.BAD_REQUEST, "the file name is not valid UTF-8") from None
-        target = resolve_inside(self.server.folder, relative)
-        if target is None:
+        try:
+            target = resolve_inside(self.server.folder, relative)
+            if target is None:
+                raise _HTTPError(
+                    HTTPStatus.FORBIDDEN, "only plain files inside the served folder can be read"
+                )
+            if not target.is_file():
+                raise _HTTPError(HTTPStatus.NOT_FOUND, f"no such file: {relative[:200]}")
+            data = target.read_bytes()
+        except OSError as e:  # e.g. a name too long for the file system
             raise _HTTPError(
-                HTTPStatus.FORBIDDEN, "only plain files inside the served folder can be read"
-            )
-        if not target.is_file():
-            raise _HTTPError(HTTPStatus.NOT_FOUND, f"no such file: {relative[:200]}")
+                HTTPStatus.NOT_FOUND, f"no such file: {relative[:200]} ({e.strerror})"
+            ) from None
         content_type = _TYPES.get(target.suffix, "application/octet-stream")
         self._send(
             HTTPStatus.OK,
-            target.read_bytes(),
+            data,
             content_type,
             {"Content-Disposition": f'attachment; filename="{target.name}"'},
         )
 
-    def _post(self, path: str, query: dict[str, list[str]]) -> None:
+    def _post(self, path: str, query: str) -> None:
         if path != "/api/annotations":
             raise _HTTPError(HTTPStatus.NOT_FOUND, f"no such endpoint: {path[:200]}")
+        _parse_query(query, ())
         origin = self.headers.get("Origin")
         host = self.headers.get("Host", "")
         if origin is not None and origin not in (f"http://{host}", f"https://{host}"):
@@ -331,8 +401,12 @@ class ViewerHandler(BaseHTTPRequestHandler):
         body = self._read_body()
         try:
             patch = json.loads(body.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-            raise _HTTPError(HTTPStatus.BAD_REQUEST, f"the body is not valid JSON: {e}") from e
+        except (UnicodeDecodeError, ValueError, RecursionError) as e:
+            # (ValueError: JSONDecodeError, and integers of more digits than Python converts)
+            message = "nested too deeply" if isinstance(e, RecursionError) else str(e)[:200]
+            raise _HTTPError(
+                HTTPStatus.BAD_REQUEST, f"the body is not valid JSON: {message}"
+            ) from None
         try:
             merged = self.server.annotations.update(patch)
         except AnnotationError as e:
