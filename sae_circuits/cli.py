@@ -249,12 +249,8 @@ def print_summary(
     if len(feats):
         print(f"top features by influence (of {len(feats)} kept):")
         for _, row in feats.nlargest(top, "influence").iterrows():
-            key = node_id(
-                "feature",
-                layer=int(row["layer"]),
-                feature=int(row["feature"]),
-                position=int(row["position"]),
-            )
+            layer, feature, position = (int(row[c]) for c in ("layer", "feature", "position"))  # type: ignore[arg-type]
+            key = node_id("feature", layer=layer, feature=feature, position=position)
             label = f"  {labels[key]}" if key in labels else ""
             print(
                 f"  {_describe(row):<18} act={_fmt(row['activation'])}  "
