@@ -1,11 +1,15 @@
 """Compare a retrained toy-facts folder with the shipped one: ``python -m toy_training.compare A B``.
 
 Files are compared byte for byte; safetensors files that differ are compared tensor by tensor
-(largest difference relative to the largest value), JSON files key by key. Exit status 0 when
-every shipped file is reproduced exactly, 1 otherwise (with a report of what differs).
+(largest difference relative to the largest value), JSON files key by key. With ``--log``, the
+behaviour (accuracies, replacement scores, swap numbers of the training summary) is printed side
+by side with the shipped run's. Exit status 0 when every shipped file is reproduced exactly, 1
+otherwise (training on another CPU, or another thread count, rounds differently and ends in other
+weights; see docs/toy_model.md).
 
 Example:
-    $ python -m toy_training.compare out/toy-facts sae_circuits/toy/weights/toy-facts
+    $ python -m toy_training.compare out/toy-facts sae_circuits/toy/weights/toy-facts \
+          --log docs/toy_training_log.json
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from safetensors.torch import load_file
 
@@ -52,11 +57,39 @@ def compare(new: Path, shipped: Path) -> list[str]:
     return problems
 
 
+def _numbers(d: Any, prefix: str = "") -> dict[str, float]:
+    out: dict[str, float] = {}
+    for key, value in d.items():
+        if isinstance(value, dict):
+            out.update(_numbers(value, f"{prefix}{key}."))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[prefix + key] = float(value)
+    return out
+
+
+def behaviour(new_log: Path, shipped_log: Path) -> list[str]:
+    """The training summaries' numbers (timings left out), shipped vs retrained."""
+    a = _numbers(json.loads(new_log.read_text())["summary"])
+    b = _numbers(json.loads(shipped_log.read_text())["summary"])
+    return [
+        f"{key:<48} shipped {b[key]:>9.4g}  retrained {a[key]:>9.4g}"
+        for key in sorted(b)
+        if key in a and not key.startswith("timings.")
+    ]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("new", type=Path, help="the retrained folder")
     parser.add_argument("shipped", type=Path, help="the shipped folder")
+    parser.add_argument(
+        "--log", type=Path, help="the shipped training log (docs/toy_training_log.json)"
+    )
     args = parser.parse_args(argv)
+    if args.log is not None and (args.new / "training_log.json").is_file():
+        print("behaviour:")
+        for line in behaviour(args.new / "training_log.json", args.log):
+            print("  " + line)
     problems = compare(args.new, args.shipped)
     for line in problems:
         print(line)
