@@ -478,6 +478,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
+    # run to run reproducible on one machine: without this, CPU scatter-adds (embedding and
+    # index backward passes) sum in thread order and two runs of the same command end in other
+    # weights (measured here: they differed from step ~400 on); another CPU still rounds
+    # differently (docs/toy_model.md)
+    torch.use_deterministic_algorithms(True, warn_only=True)
     tc = TrainConfig.quick() if args.quick else TrainConfig()
     for item in args.set:
         key, value = item.split("=", 1)
