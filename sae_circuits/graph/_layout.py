@@ -103,13 +103,6 @@ class NodeLayout:
         """Source columns of a row: every active feature, then errors, then tokens."""
         return n_active + (n_layers + 1) * n_pos
 
-    @classmethod
-    def for_visited(
-        cls, visited: np.ndarray, *, n_layers: int, n_pos: int, n_logits: int
-    ) -> NodeLayout:
-        """The layout of a graph whose feature nodes are ``visited`` (indices of active features)."""
-        return cls(len(visited), n_layers, n_pos, n_logits)
-
     def column_map(self, visited: np.ndarray, n_active: int) -> np.ndarray:
         """``(n_sources,)`` node index of every source column (``-1``: an unvisited feature)."""
         n_sources = self.n_sources(n_active, self.n_layers, self.n_pos)
@@ -132,6 +125,15 @@ class NodeLayout:
 # node ids
 
 
+#: kind -> (``node_id`` template, ``jsNodeId`` template, fields the kind needs).
+_ID_TEMPLATES: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "feature": ("{layer}_{feature}_{position}", "{layer}_{feature}-0", ("layer", "feature")),
+    "error": ("{layer}_-1_{position}", "{layer}_-1-{position}", ("layer",)),
+    "token": ("E_{token_id}_{position}", "E_{token_id}-{position}", ("token_id",)),
+    "logit": ("{logit_layer}_{token_id}_{position}", "L_{token_id}-{position}", ("token_id",)),
+}
+
+
 def node_id(
     kind: str,
     *,
@@ -141,20 +143,15 @@ def node_id(
     token_id: int | None = None,
     n_layers: int | None = None,
 ) -> str:
-    """The Neuronpedia ``node_id`` of one node.
+    """The Neuronpedia ``node_id`` of one node (a logit's needs ``n_layers``).
 
     Raises:
         ValueError: An unknown kind, or a field the kind needs is missing.
     """
-    if kind == "feature":
-        return f"{_need(layer, 'layer', kind)}_{_need(feature, 'feature', kind)}_{position}"
-    if kind == "error":
-        return f"{_need(layer, 'layer', kind)}_-1_{position}"
-    if kind == "token":
-        return f"E_{_need(token_id, 'token_id', kind)}_{position}"
+    fields = _fields(kind, layer=layer, feature=feature, token_id=token_id)
     if kind == "logit":
-        return f"{_need(n_layers, 'n_layers', kind) + 1}_{_need(token_id, 'token_id', kind)}_{position}"
-    raise ValueError(f"unknown node kind {kind!r}; valid kinds: feature, error, token, logit")
+        fields["logit_layer"] = _need(n_layers, "n_layers", kind) + 1
+    return _ID_TEMPLATES[kind][0].format(position=position, **fields)
 
 
 def js_node_id(
@@ -166,15 +163,14 @@ def js_node_id(
     token_id: int | None = None,
 ) -> str:
     """Neuronpedia's ``jsNodeId`` of one node (features share one per (layer, feature))."""
-    if kind == "feature":
-        return f"{_need(layer, 'layer', kind)}_{_need(feature, 'feature', kind)}-0"
-    if kind == "error":
-        return f"{_need(layer, 'layer', kind)}_-1-{position}"
-    if kind == "token":
-        return f"E_{_need(token_id, 'token_id', kind)}-{position}"
-    if kind == "logit":
-        return f"L_{_need(token_id, 'token_id', kind)}-{position}"
-    raise ValueError(f"unknown node kind {kind!r}; valid kinds: feature, error, token, logit")
+    fields = _fields(kind, layer=layer, feature=feature, token_id=token_id)
+    return _ID_TEMPLATES[kind][1].format(position=position, **fields)
+
+
+def _fields(kind: str, **given: int | None) -> dict[str, int]:
+    if kind not in _ID_TEMPLATES:
+        raise ValueError(f"unknown node kind {kind!r}; valid kinds: feature, error, token, logit")
+    return {name: _need(given[name], name, kind) for name in _ID_TEMPLATES[kind][2]}
 
 
 def _need(value: Any, name: str, kind: str) -> int:

@@ -153,11 +153,11 @@ def intervened_hooks(
                 decoded[layer] = acts
                 changed[layer] = False
                 return
-            pre = ts.pre_activations(layer, x.to(ts.device))
+            pre = sem.pre_activations(layer, x)
             if layer in targets:
                 tp, tf = targets[layer]
                 record.pre[layer] = pre[tp, tf].detach()
-            acts = ts.activation_fn(layer, pre)
+            acts = sem.activations(layer, pre)
             if inter is not None:
                 pos, feat, value = inter
                 acts = acts.clone()

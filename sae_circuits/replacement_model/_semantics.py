@@ -57,10 +57,18 @@ class ReplacementSemantics:
     def __init__(self, transcoders: TranscoderSet) -> None:
         self.transcoders = transcoders
 
+    def pre_activations(self, layer: int, x: torch.Tensor) -> torch.Tensor:
+        """``(n, d_in)`` input -> ``(n, F)`` encoder pre-activations of ``layer``."""
+        ts = self.transcoders
+        return ts.pre_activations(layer, x.to(ts.device))
+
+    def activations(self, layer: int, pre: torch.Tensor) -> torch.Tensor:
+        """``(n, F)`` pre-activations -> dense feature activations (JumpReLU thresholds etc.)."""
+        return self.transcoders.activation_fn(layer, pre)
+
     def features(self, layer: int, x: torch.Tensor) -> torch.Tensor:
         """``(n, d_in)`` input -> ``(n, F)`` dense feature activations of ``layer``."""
-        ts = self.transcoders
-        return ts.activation_fn(layer, ts.pre_activations(layer, x.to(ts.device)))
+        return self.activations(layer, self.pre_activations(layer, x))
 
     def decode(
         self, layer: int, acts: Mapping[int, torch.Tensor] | Sequence[torch.Tensor]
