@@ -26,7 +26,7 @@ from typing import Any
 
 from sae_circuits import core, graph, interventions, replacement_model
 from sae_circuits._version import __version__
-from sae_circuits.attribution import attribute
+from sae_circuits.attribution import Target, attribute
 from sae_circuits.core import HookNotFoundError
 from sae_circuits.graph import (
     AttributionGraph,
@@ -95,6 +95,7 @@ __all__ = [
     "HookNotFoundError",
     "InterventionResult",
     "PerLayerTranscoderSet",
+    "Target",
     "TranscoderSet",
     "TranscoderSetConfig",
     "WeightsUnavailableError",

@@ -5,7 +5,9 @@ model, in float64, and measures the change of every target: attention patterns a
 scale are fixed at their clean values, every transcoder output is fixed at its clean value (a skip
 connection's linear path stays live), and the source's contribution is added where it writes
 (features: ``a_s * W_dec[s]`` at each output layer; errors: the error vector; tokens: the
-embedding at ``hook_embed``). Targets are feature pre-activations and demeaned pre-softcap logits.
+embedding at ``hook_embed``). Targets are feature pre-activations, demeaned pre-softcap logits
+(at any position) and custom targets: ``direction . activation`` at the unembedding's input or at
+a hook (the graph's ``metadata["targets"]`` says which).
 The method follows ``../shared/reference/verify_edges.py``.
 """
 
@@ -24,7 +26,13 @@ class FrozenOracle:
     """A float64 frozen copy of ``model`` with ``transcoders`` on ``tokens``."""
 
     def __init__(
-        self, model, transcoders: TranscoderSet, tokens: torch.Tensor, *, sink: bool = True
+        self,
+        model,
+        transcoders: TranscoderSet,
+        tokens: torch.Tensor,
+        *,
+        sink: bool = True,
+        hooks: tuple[str, ...] = (),
     ):
         self.model = copy.deepcopy(model).to(torch.float64)
         self.model.cfg.dtype = torch.float64
@@ -41,6 +49,8 @@ class FrozenOracle:
             self.b_enc[layer] = transcoders.pre_activations(layer, zero)[0].detach().double()
         self.cache: dict[str, torch.Tensor] = {}
         self.live: dict[int, torch.Tensor] = {}
+        self.hooks = tuple(hooks)  # extra activations to read targets from
+        self.read_out: dict[str, torch.Tensor] = {}
         # clean run: capture patterns, scales, transcoder inputs and outputs
         with torch.no_grad():
             self._run({}, record=True)
@@ -63,6 +73,7 @@ class FrozenOracle:
                 err[0] = 0
             self.errors[out] = err
         self.base_pre, self.base_logits = self._frozen({})
+        self.base_read = {k: v.clone() for k, v in self.read_out.items()}
 
     def _skip64(self, layer: int, x: torch.Tensor) -> torch.Tensor:
         eye = torch.eye(x.shape[-1], dtype=self.ts.dtype)
@@ -124,6 +135,13 @@ class FrozenOracle:
         def embed(t):
             return t + perturb["embed"][None] if "embed" in perturb else t
 
+        def keep(name):
+            def fn(t):
+                self.read_out[name] = t.detach()[0].clone()
+                return t
+
+            return fn
+
         try:
             for name, hp in model.hook_dict.items():
                 if name.endswith(("hook_pattern", "hook_scale")):
@@ -136,10 +154,18 @@ class FrozenOracle:
             handles.append(
                 model.hook_dict["hook_embed"].register_forward_hook(lambda m, a, o: embed(o))
             )
+            handles.append(
+                model.unembed.register_forward_pre_hook(lambda m, a: keep("unembed")(a[0]))
+            )
+            from sae_circuits.core.hooks import resolve_hook
+
+            for name in self.hooks:  # after the transcoder hooks: what the frozen model holds
+                site = resolve_hook(model, name)
+                handles.append(attach(site, lambda t, name=name: keep(name)(t)))
             cap = model.cfg.output_logits_soft_cap
             model.cfg.output_logits_soft_cap = 0.0 if not record else cap
             try:
-                logits = model(self.tokens[None])[0, -1]
+                logits = model(self.tokens[None])[0]
             finally:
                 model.cfg.output_logits_soft_cap = cap
         finally:
@@ -154,7 +180,7 @@ class FrozenOracle:
             layer: self.live[layer] @ self.enc[layer].T + self.b_enc[layer]
             for layer in range(self.L)
         }
-        return pre, lg - lg.mean()
+        return pre, lg - lg.mean(-1, keepdim=True)
 
     def source_perturbation(self, graph: AttributionGraph, node: int) -> dict:
         row = graph.nodes.iloc[node]
@@ -187,6 +213,7 @@ class FrozenOracle:
         pre, lg = self._frozen(self.source_perturbation(graph, node))
         nodes = graph.nodes
         out = np.zeros(len(nodes))
+        described = iter(graph.metadata.get("targets") or [])
         for i, (kind, layer, pos, feat, tok) in enumerate(
             zip(
                 nodes["kind"],
@@ -201,14 +228,28 @@ class FrozenOracle:
                 lyr, p, f = int(layer), int(pos), int(feat)
                 out[i] = float(pre[lyr][p, f] - self.base_pre[lyr][p, f])
             elif kind == "logit":
-                out[i] = float(lg[int(tok)] - self.base_logits[int(tok)])
+                p, t = int(pos), int(tok)
+                out[i] = float(lg[p, t] - self.base_logits[p, t])
+                next(described, None)
+            elif kind == "target":
+                out[i] = self._target_change(next(described), lg)
         return out
+
+    def _target_change(self, target: dict, lg: torch.Tensor) -> float:
+        p = int(target["position"])
+        if target["kind"] == "logit_diff":
+            a, b = target["token_ids"]
+            now, base = lg[p, a] - lg[p, b], self.base_logits[p, a] - self.base_logits[p, b]
+            return float(now - base)
+        site = target["hook"] or "unembed"
+        delta = (self.read_out[site][p] - self.base_read[site][p]).reshape(-1)
+        return float(delta @ torch.tensor(target["direction"], dtype=torch.float64))
 
 
 def worst_column_error(graph: AttributionGraph, oracle: FrozenOracle, sources) -> float:
     """Largest ``|graph column - measured| / max|measured|`` over ``sources``."""
     kinds = graph.nodes["kind"].to_numpy()
-    is_target = (kinds == "feature") | (kinds == "logit")
+    is_target = (kinds == "feature") | (kinds == "logit") | (kinds == "target")
     dense_cols = graph.adjacency.tocsc()
     worst = 0.0
     for s in sources:

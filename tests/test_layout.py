@@ -31,16 +31,16 @@ def test_layout_matches_the_nodes_of_a_graph():
             row = graph.nodes.iloc[layout.error_node(layer, pos)]
             assert (row["kind"], row["layer"], row["position"]) == ("error", layer, pos)
     assert graph.nodes.iloc[layout.token_node(3)]["position"] == 3
-    assert graph.nodes.iloc[layout.logit_node(0)]["token_id"] == graph.logits["token_id"][0]
+    assert graph.nodes.iloc[layout.target_node(0)]["token_id"] == graph.logits["token_id"][0]
 
 
 def test_column_and_row_maps():
-    layout = NodeLayout(n_features=2, n_layers=2, n_pos=3, n_logits=1)
+    layout = NodeLayout(n_features=2, n_layers=2, n_pos=3, n_targets=1)
     visited = np.array([1, 3])  # of 4 active features
     cols = layout.column_map(visited, n_active=4)
     assert cols.tolist() == [-1, 0, -1, 1, *range(2, 2 + 3 * 3)]
     rows = layout.row_map(visited, n_active=4)
-    assert rows[1] == 0 and rows[3] == 1 and rows[-1] == layout.logit_node(0)
+    assert rows[1] == 0 and rows[3] == 1 and rows[-1] == layout.target_node(0)
     assert NodeLayout.n_sources(4, 2, 3) == len(cols)
 
 

@@ -446,7 +446,7 @@ def test_graph_without_logits_is_refused():
         sp.csr_array(sub), graph.nodes.iloc[keep].reset_index(drop=True), graph.logits.iloc[:0], {}
     )
     for call in (no_logits.prune, no_logits.scores):
-        with pytest.raises(ValueError, match="needs logit nodes"):
+        with pytest.raises(ValueError, match="needs target nodes"):
             call()
     zero = graph.nodes.assign(probability=graph.nodes["probability"] * 0)
     with pytest.raises(ValueError, match="probabilities"):

@@ -4,7 +4,8 @@ Floor 3 (above :mod:`sae_circuits.replacement_model` and :mod:`sae_circuits.grap
 :func:`attribute` runs in phases: the clean pass (``replacement_model``), each block's frozen
 replay and its vector-Jacobian product (:mod:`._backward`, with the batched frozen-attention rule
 of :mod:`._frozen_attention`), rows of targets in bounded slices stored sparse (:mod:`._rows`),
-influence-ordered visiting of features, and assembly into an ``AttributionGraph`` by the node
+influence-ordered visiting of features, the targets (:mod:`._targets`: logits, logit differences,
+directions at the unembedding's input or at a hook), and assembly into an ``AttributionGraph`` by the node
 layout of :mod:`sae_circuits.graph`.
 
 Example:
@@ -13,5 +14,16 @@ Example:
 
 from sae_circuits.attribution._attribute import attribute, select_logits
 from sae_circuits.attribution._backward import RowSlice, Trace, trace
+from sae_circuits.attribution._targets import ResolvedTarget, Target, TargetKind, resolve_targets
 
-__all__ = ["RowSlice", "Trace", "attribute", "select_logits", "trace"]
+__all__ = [
+    "ResolvedTarget",
+    "RowSlice",
+    "Target",
+    "TargetKind",
+    "Trace",
+    "attribute",
+    "resolve_targets",
+    "select_logits",
+    "trace",
+]

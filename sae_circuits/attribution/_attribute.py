@@ -1,31 +1,37 @@
 """``attribute``: the attribution graph of a prompt (Ameisen et al. 2025, "Circuit Tracing").
 
 The graph's nodes are the active transcoder features, one error node per (layer, position), one
-token node per position and the salient logits at the last position. The weight of edge
+token node per position and the targets: the salient logits at the last position, or what
+``targets=`` asks for (logits, logit differences, any direction at the unembedding's input or at a
+hook; see :mod:`._targets`). The weight of edge
 ``(t, s)`` is the *direct effect* of source ``s`` on target ``t`` in the prompt's local
 replacement model with attention patterns, norm scales and error terms frozen: a linear model, so
 the effect is exact. For a feature target it is the effect on the feature's pre-activation; for a
-logit it is the effect on the demeaned logit before any soft-capping. A source feature acts
+logit it is the effect on the demeaned logit before any soft-capping, for a custom target on
+``direction . activation``. A source feature acts
 through ``a_s * W_dec[s]`` (written at every layer it decodes to), an error node through its error
 vector, a token through its embedding.
 
 Rows are computed in batches by backward passes (see ``_backward``) and stored sparse as they come;
-with ``max_feature_nodes`` only the features with the most influence on the logits get rows,
-chosen as in the paper: logit rows first, then, every ``update_interval`` batches, the features
-are ranked by their influence computed from the rows so far and the most influential unvisited
-ones are visited next.
+with ``max_feature_nodes`` only the features with the most influence on the targets get rows,
+chosen as in the paper: target rows first, then, every ``update_interval`` batches, the features
+are ranked by their influence computed from the rows so far (seeded by the targets' weights) and
+the most influential unvisited ones are visited next.
 
 Example:
     >>> import sae_circuits as sc
     >>> graph = sc.attribute(model, "The capital of the state containing Dallas is", transcoders)
     >>> graph.logits
     >>> graph.edges().nlargest(10, "weight")
+    >>> diff = sc.attribute(model, prompt, transcoders,
+    ...                     targets=[sc.Target.logit_diff(" austin", " dallas")])
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -36,9 +42,10 @@ from transformer_lens import HookedTransformer
 from sae_circuits._version import __version__
 from sae_circuits.attribution._backward import RowSlice, Trace, trace
 from sae_circuits.attribution._rows import RowStore
+from sae_circuits.attribution._targets import ResolvedTarget, Target, resolve_targets
 from sae_circuits.core.progress import progress_bar
 from sae_circuits.core.prompts import Prompt, to_tokens, token_strings
-from sae_circuits.graph import AttributionGraph, NodeLayout, propagate_chunks
+from sae_circuits.graph import NODE_KINDS, AttributionGraph, NodeLayout, propagate_chunks
 from sae_circuits.transcoders import check_compatible
 from sae_circuits.transcoders.sets import TranscoderSet
 
@@ -52,6 +59,7 @@ def attribute(
     prompt: Prompt,
     transcoders: TranscoderSet,
     *,
+    targets: Sequence[int | str | Target] | None = None,
     max_n_logits: int = 10,
     desired_logit_prob: float = 0.95,
     max_feature_nodes: int | None = None,
@@ -68,10 +76,17 @@ def attribute(
         prompt: Text (tokenised with ``model.tokenizer``, BOS as the model's default), a list of
             token ids, or a 1-D tensor of token ids.
         transcoders: A transcoder set covering every layer (see :func:`load_transcoders`).
-        max_n_logits: At most this many logit nodes.
-        desired_logit_prob: Keep the smallest top-k logits whose probability reaches this.
+        targets: What the graph explains. ``None``: the salient logits at the last position
+            (``max_n_logits``, ``desired_logit_prob``). Else a list, in the order of the target
+            nodes: token ids and one-token strings (that logit at the last position),
+            :meth:`Target.logit`, :meth:`Target.logit_diff` and :class:`Target` directions (at
+            the unembedding's input or at ``hook=``); see :mod:`sae_circuits.attribution._targets`
+            for what each reads and its default weight.
+        max_n_logits: At most this many logit nodes (salient logits only).
+        desired_logit_prob: Keep the smallest top-k logits whose probability reaches this
+            (salient logits only).
         max_feature_nodes: Visit at most this many features, in order of influence on the
-            logits; ``None`` for all active features.
+            targets; ``None`` for all active features.
         batch_size: Targets per backward pass, at most (long prompts use smaller slices, to
             stay within a memory budget); with ``max_feature_nodes``, also the unit of the
             exploration schedule (re-ranking every ``update_interval * batch_size`` features).
@@ -84,43 +99,50 @@ def attribute(
 
     Raises:
         ValueError: Empty or too long prompt, token ids out of range, invalid sizes or
-            probabilities, or transcoders that do not fit the model.
-        TypeError: A ``str`` prompt for a model without tokenizer, or an unsupported prompt type.
+            probabilities, transcoders that do not fit the model, or bad targets (a string that
+            is not one token, a direction of the wrong size or not finite, a position out of
+            range, an unknown or frozen hook; the message names the target).
+        TypeError: A ``str`` prompt for a model without tokenizer, or an unsupported prompt or
+            target type.
         FloatingPointError: Non-finite activations in the forward pass.
     """
     _check_sizes(max_n_logits, desired_logit_prob, max_feature_nodes, batch_size, update_interval)
     tokens = to_tokens(model, prompt)
     resolved = check_compatible(model, transcoders)
+    specs = None
+    if targets is not None:
+        specs = resolve_targets(model, targets, n_pos=len(tokens), resolved=resolved)
     started = time.perf_counter()
-    tr = trace(model, tokens, resolved, attention_sink=attention_sink)
-    logit_ids, logit_probs = select_logits(tr.logits, max_n_logits, desired_logit_prob)
+    hooks = [t.site for t in specs or () if t.site is not None and not t.reads_mlp_input]
+    tr = trace(model, tokens, resolved, attention_sink=attention_sink, target_hooks=hooks)
+    if specs is None:
+        logit_ids, logit_probs = select_logits(tr.logits, max_n_logits, desired_logit_prob)
+        specs = [_salient(tr, int(t)) for t in logit_ids.tolist()]
+        table = _target_table(model, tr, specs, probabilities=logit_probs)
+    else:
+        table = _target_table(model, tr, specs)
+    groups = _target_groups(model, tr, specs)  # checks directions against their hooks' sizes
     n_active = tr.n_active
     n_select = n_active if max_feature_nodes is None else min(max_feature_nodes, n_active)
     logger.info(
-        "traced %d tokens: %d active features, %d logits; attributing %d features",
+        "traced %d tokens: %d active features, %d targets; attributing %d features",
         tr.n_pos,
         n_active,
-        len(logit_ids),
+        len(specs),
         n_select,
     )
     bar = progress_bar(
-        total=len(logit_ids) + n_select, desc="attribution", progress=progress, unit="row"
+        total=len(specs) + n_select, desc="attribution", progress=progress, unit="row"
     )
     try:
         rows = RowStore(tr.n_sources)
-        k = len(logit_ids)  # logit rows: node ids n_sources + j
-        slices = tr.row_slices(
-            torch.full((k,), tr.n_layers),
-            torch.full((k,), tr.n_pos - 1),
-            tr.logit_vectors(logit_ids),
-            max_slice=batch_size,
-        )
-        for part in slices:
-            first = tr.n_sources + part.offset
-            nodes = np.arange(first, first + len(part.values))
-            rows.add(nodes, part.values, gap=_gap(tr, part))
-            bar.update(len(nodes))
-        visited = _visit_features(tr, rows, logit_probs, n_select, batch_size, update_interval, bar)
+        for idx, layers, positions, vectors, hook in groups:  # target rows: n_sources + j
+            for part in tr.row_slices(layers, positions, vectors, hook=hook, max_slice=batch_size):
+                nodes = tr.n_sources + idx[part.offset : part.offset + len(part.values)]
+                rows.add(nodes, part.values, gap=_gap(tr, part))
+                bar.update(len(nodes))
+        weights = table["weight"].to_numpy(dtype=np.float64)
+        visited = _visit_features(tr, rows, weights, n_select, batch_size, update_interval, bar)
     finally:
         bar.close()
     settings = {
@@ -130,10 +152,156 @@ def attribute(
         "batch_size": batch_size,
         "update_interval": update_interval,
         "attention_sink": attention_sink,
+        "targets": "salient logits" if targets is None else "given",
     }
-    graph = _assemble(model, prompt, tr, rows, visited, logit_ids, logit_probs, settings)
+    graph = _assemble(model, prompt, tr, rows, visited, specs, table, settings)
     logger.info("attribution done in %.2fs: %r", time.perf_counter() - started, graph)
     return graph
+
+
+def _salient(tr: Trace, token_id: int) -> ResolvedTarget:
+    return ResolvedTarget(
+        label=str(token_id),
+        kind="logit",
+        node_kind="logit",
+        position=tr.n_pos - 1,
+        token_ids=(token_id,),
+        site=None,
+        layer=tr.n_layers,
+        reads_mlp_input=False,
+        direction=None,
+        weight=None,
+    )
+
+
+def _target_table(
+    model: HookedTransformer,
+    tr: Trace,
+    specs: Sequence[ResolvedTarget],
+    *,
+    probabilities: torch.Tensor | None = None,
+) -> pd.DataFrame:
+    """One row per target: label, kind, position, token_id, token, hook, value, probability,
+    weight.
+
+    ``value`` is what the target's row attributes, in the clean run (float64): the demeaned
+    pre-softcap logit, the pre-softcap logit difference, or ``direction . activation``.
+    ``probability`` is a logit's (the model's softmax at its position); ``weight`` the given
+    one, else the probability for a logit and 1.0 for a custom target.
+    """
+    n = tr.n_pos
+    w_u = tr._unembed.double()
+    b_u = getattr(model, "b_U", None)
+    b_u = torch.zeros(w_u.shape[1], dtype=torch.float64) if b_u is None else b_u.detach().double()
+    b_u = b_u.to(w_u.device)
+    final = tr.final.double().to(w_u.device)
+    strings = token_strings(model, [t.token_ids[0] for t in specs if t.kind == "logit"])
+    decoded = iter(strings)
+    probs_at: dict[int, torch.Tensor] = {}
+
+    def probs(pos: int) -> torch.Tensor:
+        if pos not in probs_at:
+            if pos == n - 1:
+                logits = tr.logits.double()
+            else:
+                logits = final[pos] @ w_u + b_u
+                cap = float(getattr(model.cfg, "output_logits_soft_cap", 0.0) or 0.0)
+                if cap > 0:
+                    logits = cap * torch.tanh(logits / cap)
+            probs_at[pos] = torch.softmax(logits.double(), dim=-1).float().cpu()
+        return probs_at[pos]
+
+    rows = []
+    for j, t in enumerate(specs):
+        pos, token, prob, hook = t.position, None, None, t.hook
+        if t.kind == "logit":
+            (tid,) = t.token_ids
+            value = float(final[pos] @ (w_u[:, tid] - w_u.mean(1)) + b_u[tid] - b_u.mean())
+            prob = float(probabilities[j]) if probabilities is not None else float(probs(pos)[tid])
+            token = next(decoded)
+            label = t.label if t.label != str(tid) or token is None else token
+        elif t.kind == "logit_diff":
+            a, b = t.token_ids
+            value = float(final[pos] @ (w_u[:, a] - w_u[:, b]) + b_u[a] - b_u[b])
+            label = t.label
+        else:
+            assert t.direction is not None
+            if t.site is None:
+                x = final[pos]
+            elif t.reads_mlp_input:
+                x = tr.x_in[t.layer][pos]
+            else:
+                x = tr.extra_values[t.site.name][pos]
+            x = x.reshape(-1).double().cpu()
+            value = float(x @ t.direction) if x.numel() == t.direction.numel() else float("nan")
+            label = t.label
+        weight = t.weight if t.weight is not None else (prob if prob is not None else 1.0)
+        rows.append(
+            {
+                "label": label,
+                "kind": t.kind,
+                "position": pos,
+                "token_id": t.token_ids[0] if t.kind == "logit" else None,
+                "token": token,
+                "hook": hook,
+                "value": value,
+                "probability": prob,
+                "weight": weight,
+            }
+        )
+    table = pd.DataFrame(rows)
+    for col in ("token_id", "position"):
+        table[col] = pd.array(table[col].tolist(), dtype="Int64")
+    table["probability"] = pd.array(table["probability"].tolist(), dtype="Float32")
+    table["weight"] = table["weight"].astype(np.float64)
+    if probabilities is not None:  # the salient logits keep select_logits' float32 values
+        table["weight"] = probabilities.numpy().astype(np.float64)
+    for col in ("label", "token", "hook"):
+        table[col] = pd.array(table[col].tolist(), dtype="string")
+    return table
+
+
+def _target_groups(
+    model: HookedTransformer, tr: Trace, specs: Sequence[ResolvedTarget]
+) -> list[tuple[np.ndarray, torch.Tensor, torch.Tensor, torch.Tensor, str | None]]:
+    """Targets grouped by where they read: ``(indices, layers, positions, vectors, hook)``."""
+    by_site: dict[tuple[int, str | None], list[int]] = {}
+    for j, t in enumerate(specs):
+        hook = t.hook if t.site is not None and not t.reads_mlp_input else None
+        by_site.setdefault((t.layer, hook), []).append(j)
+    groups = []
+    w = tr._unembed
+    for (layer, hook), members in by_site.items():
+        vecs = []
+        for j in members:
+            t = specs[j]
+            if t.kind == "logit":
+                vecs.append(tr.logit_vectors(torch.tensor(t.token_ids))[0])
+            elif t.kind == "logit_diff":
+                a, b = t.token_ids
+                vecs.append(w[:, a] - w[:, b])
+            else:
+                assert t.direction is not None
+                if hook is not None:
+                    shape = tuple(tr.extra_values[hook].shape[1:])
+                    if t.direction.numel() != int(np.prod(shape)):
+                        raise ValueError(
+                            f"target {t.label!r}: its direction has {t.direction.numel()} "
+                            f"entries, but {hook} holds {shape} per position "
+                            f"({int(np.prod(shape))} entries)"
+                        )
+                vecs.append(t.direction.to(w.device, tr.errors.dtype))
+        idx = np.asarray(members, dtype=np.int64)
+        groups.append(
+            (
+                idx,
+                torch.full((len(members),), layer),
+                torch.tensor([specs[j].position for j in members]),
+                torch.stack([v.to(w.device, tr.errors.dtype) for v in vecs]),
+                hook,
+            )
+        )
+    return groups
 
 
 def _check_sizes(
@@ -183,7 +351,7 @@ def select_logits(
 def _visit_features(
     tr: Trace,
     rows: RowStore,
-    logit_probs: torch.Tensor,
+    target_weights: np.ndarray,
     n_select: int,
     batch_size: int,
     update_interval: int,
@@ -197,7 +365,7 @@ def _visit_features(
         if n_select == n_active:
             pending = np.arange(n_active)
         else:
-            influence = _partial_influence(rows, tr.n_sources, logit_probs.numpy())
+            influence = _partial_influence(rows, tr.n_sources, target_weights)
             rank = torch.argsort(torch.from_numpy(influence[:n_active]), descending=True).numpy()
             queue = min(update_interval * batch_size, n_select - n_visited)
             pending = rank[~visited[rank]][:queue]
@@ -230,10 +398,10 @@ def _gap(tr: Trace, part: RowSlice) -> tuple[int, int]:
     return part.n_features, tr.n_active - part.n_features
 
 
-def _partial_influence(rows: RowStore, n_sources: int, logit_probs: np.ndarray) -> np.ndarray:
-    """Influence of every node on the logits from the rows computed so far."""
-    seed = np.zeros(n_sources + len(logit_probs))
-    seed[n_sources:] = logit_probs
+def _partial_influence(rows: RowStore, n_sources: int, target_weights: np.ndarray) -> np.ndarray:
+    """Influence of every node on the targets from the rows computed so far."""
+    seed = np.zeros(n_sources + len(target_weights))
+    seed[n_sources:] = target_weights
     return propagate_chunks(rows.chunks(), seed, eps=1e-8)
 
 
@@ -243,37 +411,36 @@ def _assemble(
     tr: Trace,
     rows: RowStore,
     visited: np.ndarray,
-    logit_ids: torch.Tensor,
-    logit_probs: torch.Tensor,
+    specs: Sequence[ResolvedTarget],
+    table: pd.DataFrame,
     settings: dict[str, Any],
 ) -> AttributionGraph:
     n_layers, n, n_active = tr.n_layers, tr.n_pos, tr.n_active
-    n_sel, n_logits = len(visited), len(logit_ids)
-    layout = NodeLayout(n_sel, n_layers, n, n_logits)
+    n_sel, n_targets = len(visited), len(specs)
+    layout = NodeLayout(n_sel, n_layers, n, n_targets, tuple(t.node_kind for t in specs))
     n_nodes = layout.n_nodes
     adjacency = rows.assemble(
         layout.row_map(visited, n_active), layout.column_map(visited, n_active), n_nodes
     )
 
     tokens = tr.tokens.tolist()
-    logit_list = logit_ids.tolist()
     tok_str = token_strings(model, tokens)
-    logit_str = token_strings(model, logit_list)
+    is_logit = (table["kind"] == "logit").to_numpy()
     sel = torch.from_numpy(visited)
     na = pd.NA
-    kind = layout.kinds()
+    before = n_sel + (n_layers + 1) * n  # nodes before the targets
     layer = [*tr.feature_layer[sel].tolist(), *np.repeat(np.arange(n_layers), n).tolist()]
-    layer += [na] * (n + n_logits)
+    layer += [na] * (n + n_targets)
     position = [*tr.feature_pos[sel].tolist(), *np.tile(np.arange(n), n_layers).tolist()]
-    position += [*range(n), *([n - 1] * n_logits)]
-    feature = [*tr.feature_idx[sel].tolist()] + [na] * ((n_layers + 1) * n + n_logits)
-    token_id = [na] * (n_sel + n_layers * n) + tokens + logit_list
-    activation = [*tr.feature_act[sel].tolist()] + [na] * ((n_layers + 1) * n + n_logits)
-    probability = [na] * (n_nodes - n_logits) + logit_probs.tolist()
-    token = [None] * (n_sel + n_layers * n) + tok_str + logit_str
+    position += [*range(n), *table["position"].tolist()]
+    feature = [*tr.feature_idx[sel].tolist()] + [na] * ((n_layers + 1) * n + n_targets)
+    token_id = [na] * (n_sel + n_layers * n) + tokens + table["token_id"].tolist()
+    activation = [*tr.feature_act[sel].tolist()] + [na] * ((n_layers + 1) * n + n_targets)
+    probability = [na] * before + table["probability"].tolist()
+    token = [None] * (n_sel + n_layers * n) + tok_str + table["token"].tolist()
     nodes = pd.DataFrame(
         {
-            "kind": pd.Categorical(kind, categories=["feature", "error", "token", "logit"]),
+            "kind": pd.Categorical(layout.kinds(), categories=list(NODE_KINDS)),
             "layer": pd.array(layer, dtype="Int64"),
             "position": pd.array(position, dtype="Int64"),
             "feature": pd.array(feature, dtype="Int64"),
@@ -281,22 +448,40 @@ def _assemble(
             "activation": pd.array(activation, dtype="Float32"),
             "probability": pd.array(probability, dtype="Float32"),
             "token": pd.array(token, dtype="string"),
+            "label": pd.array([None] * before + table["label"].tolist(), dtype="string"),
+            "target_value": pd.array([na] * before + table["value"].tolist(), dtype="Float64"),
+            "target_weight": pd.array([na] * before + table["weight"].tolist(), dtype="Float64"),
         }
     )
+    logit_rows = table.loc[is_logit]
+    assert isinstance(logit_rows, pd.DataFrame)
     logits = pd.DataFrame(
         {
-            "token_id": np.asarray(logit_list, dtype=np.int64),
-            "token": pd.array(logit_str, dtype="string"),
-            "probability": logit_probs.numpy().astype(np.float32),
+            "token_id": logit_rows["token_id"].to_numpy(dtype=np.int64),
+            "token": pd.array(logit_rows["token"].tolist(), dtype="string"),
+            "probability": logit_rows["probability"].to_numpy(dtype=np.float32),
         }
     )
     metadata: dict[str, Any] = {
         "prompt": prompt if isinstance(prompt, str) else None,
         "tokens": tokens,
         "model_name": getattr(model.cfg, "model_name", None),
+        "d_vocab": int(model.cfg.d_vocab),
         "transcoders": tr.resolved.transcoders.describe(),
         "n_active_features": n_active,
         "settings": settings,
+        "targets": [_describe(t) for t in specs],
         "sae_circuits_version": __version__,
     }
     return AttributionGraph(adjacency=adjacency, nodes=nodes, logits=logits, metadata=metadata)
+
+
+def _describe(t: ResolvedTarget) -> dict[str, Any]:
+    """A target as JSON-able metadata (the direction included: the graph says what it explains)."""
+    return {
+        "kind": t.kind,
+        "position": t.position,
+        "token_ids": list(t.token_ids),
+        "hook": t.hook,
+        "direction": None if t.direction is None else t.direction.tolist(),
+    }

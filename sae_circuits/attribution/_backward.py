@@ -22,7 +22,7 @@ transforms, so that no autograd graph of the backward itself is recorded.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -71,6 +71,9 @@ class Trace:
         feature_act: ``(n_active,)`` their activations.
         errors: ``(n_layers, n, d_model)`` error vectors.
         embeds: ``(n, d_model)`` token embeddings (``hook_embed`` values).
+        final: ``(n, d_model)`` the unembedding's input (after the final norm).
+        x_in: Per layer, ``(n, d_in)`` the clean transcoder input.
+        extra_values: Hook name -> ``(n, ...)`` clean activation of each extra target hook.
     """
 
     tokens: torch.Tensor
@@ -81,11 +84,16 @@ class Trace:
     feature_act: torch.Tensor
     errors: torch.Tensor
     embeds: torch.Tensor
+    final: torch.Tensor
+    x_in: list[torch.Tensor]
+    extra_values: dict[str, torch.Tensor]
     resolved: ResolvedTranscoders
     _vjps: list[Callable]  # per block: (d out, d x_in) -> (d block input, d source)
     _out_shapes: list[torch.Size]  # per block: its output (the unembed input for the last)
     _in_shapes: list[torch.Size]  # per block: the transcoder input
     _writers: list[list[_WriterGroup]]
+    _extras: list[list[str]]  # per block: target hooks returned as extra outputs
+    _extra_shapes: list[list[torch.Size]]
     _unembed: torch.Tensor  # (d_model, d_vocab)
     _chunk: int | None  # targets per backward slice (memory bound for long prompts)
 
@@ -123,7 +131,12 @@ class Trace:
         return (w[:, token_ids.to(w.device)] - w.mean(dim=1, keepdim=True)).T
 
     def rows(
-        self, layers: torch.Tensor, positions: torch.Tensor, vectors: torch.Tensor
+        self,
+        layers: torch.Tensor,
+        positions: torch.Tensor,
+        vectors: torch.Tensor,
+        *,
+        hook: str | None = None,
     ) -> torch.Tensor:
         """Direct effects of every source on a batch of targets.
 
@@ -131,12 +144,14 @@ class Trace:
             layers: ``(B,)`` target layer; ``n_layers`` for a logit (injected at the unembed input).
             positions: ``(B,)`` target position.
             vectors: ``(B, d)`` the target's direction (encoder vector or demeaned unembedding).
+            hook: Instead, every target reads this extra target hook (see :func:`trace`), at
+                ``layers`` = its block; ``vectors`` are ``(B, numel)`` per position.
 
         Returns:
             ``(B, n_sources)`` rows, columns as in :attr:`n_sources`.
         """
         parts = []
-        for part in self.row_slices(layers, positions, vectors):
+        for part in self.row_slices(layers, positions, vectors, hook=hook):
             full = part.values.new_zeros(len(part.values), self.n_sources)
             full[:, : part.n_features] = part.values[:, : part.n_features]
             full[:, self.n_active :] = part.values[:, part.n_features :]
@@ -149,6 +164,7 @@ class Trace:
         positions: torch.Tensor,
         vectors: torch.Tensor,
         *,
+        hook: str | None = None,
         max_slice: int | None = None,
     ) -> Iterator[RowSlice]:
         """:meth:`rows` in slices of targets, as they are computed.
@@ -156,7 +172,8 @@ class Trace:
         Working memory stays bounded on long prompts whatever the batch size: a slice holds at
         most ``_chunk`` targets (from the memory budget) and ``max_slice``; one slice's backward
         and one slice's rows are alive at a time. A slice leaves out the feature columns that
-        cannot be sources of its targets (features at or above its highest target layer).
+        cannot be sources of its targets (features at or above its highest target layer; for
+        an extra target hook, above its layer: it may read after the layer's MLP).
 
         Yields:
             A :class:`RowSlice` per slice.
@@ -167,9 +184,10 @@ class Trace:
         for i in range(0, len(layers), step):
             part = slice(i, i + step)
             top = int(layers[part].max())
-            n_features = int(torch.searchsorted(self.feature_layer, top, side="left"))
+            side = "left" if hook is None else "right"
+            n_features = int(torch.searchsorted(self.feature_layer, top, side=side))
             out = torch.zeros(len(layers[part]), n_features + n_other, dtype=dtype, device=device)
-            self._rows(layers[part], positions[part], vectors[part], out, n_features)
+            self._rows(layers[part], positions[part], vectors[part], out, n_features, hook)
             yield RowSlice(offset=i, values=out, n_features=n_features)
 
     @torch.no_grad()
@@ -180,6 +198,7 @@ class Trace:
         vectors: torch.Tensor,
         out: torch.Tensor,
         n_features: int,
+        hook: str | None = None,
     ) -> None:
         """One slice of :meth:`row_slices`, written into ``out`` (zeros, its layout)."""
         n_layers, n = self.n_layers, self.n_pos
@@ -189,10 +208,12 @@ class Trace:
         batch = len(layers)
         bidx = torch.arange(batch, device=device)
         top = int(layers.max())
+        if hook is not None and not bool((layers == top).all()):
+            raise ValueError("rows at an extra target hook must all be at the hook's layer")
 
         def injected(shape: torch.Size, mask: torch.Tensor) -> torch.Tensor:
             inject = torch.zeros((batch, *shape), dtype=dtype, device=device)
-            inject[bidx[mask], 0, positions[mask]] = vectors[mask]
+            inject[bidx[mask], 0, positions[mask]] = vectors[mask].reshape(-1, *shape[2:])
             return inject
 
         grad: torch.Tensor | None = None
@@ -204,10 +225,15 @@ class Trace:
             )
             if layer == n_layers - 1 and (layers == n_layers).any():
                 g_out = g_out + injected(self._out_shapes[layer], layers == n_layers)
-            g_x = injected(self._in_shapes[layer], layers == layer)
-            g_in, g_src = vmap(self._vjps[layer])((g_out, g_x))
+            at_layer = layers == layer
+            g_x = injected(self._in_shapes[layer], at_layer & (hook is None))
+            g_extra = [
+                injected(shape, at_layer & (name == hook))
+                for name, shape in zip(self._extras[layer], self._extra_shapes[layer], strict=True)
+            ]
+            g_in, g_src = vmap(self._vjps[layer])((g_out, g_x, *g_extra))
             grad = g_in
-            if layer == top:  # the targets read this block's MLP input: its output is after
+            if layer == top and hook is None:  # the targets read this block's MLP input
                 continue
             g = g_src[:, 0].to(dtype)  # (B, n, d)
             for group in self._writers[layer]:
@@ -244,6 +270,7 @@ def trace(
     *,
     attention_sink: bool = True,
     memory_budget: int | None = None,
+    target_hooks: Sequence[HookSite] = (),
 ) -> Trace:
     """Run the clean forward pass of ``tokens`` and build the frozen blocks' VJPs.
 
@@ -254,6 +281,9 @@ def trace(
         attention_sink: Zero the features and error vectors at position 0.
         memory_budget: About how many bytes one batched backward may hold; larger batches of
             targets are back-propagated in slices. ``None``: see :func:`_default_budget`.
+        target_hooks: Hooks inside blocks that targets read (besides transcoder inputs and the
+            unembedding's input): each block returns them as extra outputs of its replay, so
+            that :meth:`Trace.rows` can start a backward pass there.
 
     Returns:
         A :class:`Trace`.
@@ -325,17 +355,34 @@ def trace(
             writers.append(_group_by_position(cols, vecs, poss))
 
     # 3. each block, replayed frozen, and its vector-Jacobian product
-    vjps, out_shapes, in_shapes = [], [], []
+    extras: list[list[HookSite]] = [[] for _ in range(n_layers)]
+    for site in target_hooks:
+        if site.layer is None or not 0 <= site.layer < n_layers:
+            raise ValueError(f"target hook {site.name!r} is not inside a block")
+        if site.name not in {s.name for s in extras[site.layer]}:
+            extras[site.layer].append(site)
+    vjps, out_shapes, in_shapes, extra_shapes = [], [], [], []
+    extra_values: dict[str, torch.Tensor] = {}
+    final = None
     for layer in range(n_layers):
-        block = _FrozenBlock(model, resolved, layer, cache, clean)
+        block = _FrozenBlock(model, resolved, layer, cache, clean, extras[layer])
         resid = cache[f"resid{layer}"]
         # an outer no_grad: the model's parameters require grad, and without it every row
         # batch would record (and hold on to) an autograd graph of its own backward pass
         with torch.no_grad():
-            (out, x_in), vjp_fn = vjp(block, resid, torch.zeros_like(cache[f"out{layer}"]))  # type: ignore[misc]
+            (out, x_in, *ext), vjp_fn = vjp(block, resid, torch.zeros_like(cache[f"out{layer}"]))  # type: ignore[misc]
         vjps.append(vjp_fn)
         out_shapes.append(out.shape)
         in_shapes.append(x_in.shape)
+        extra_shapes.append([e.shape for e in ext])
+        for site, value in zip(extras[layer], ext, strict=True):
+            if value.ndim < 2 or value.shape[1] != n:
+                raise ValueError(
+                    f"target hook {site.name!r} holds shape {tuple(value.shape)}, not "
+                    f"(batch, {n} positions, ...): a target reads one position of an activation"
+                )
+            extra_values[site.name] = value[0].detach()
+        final = out[0].detach()
     # a target's backward holds a few dozen (pos, width) tensors; the MLP is not on its path
     width = max(d_model, model.cfg.n_heads * model.cfg.d_head)
     per_target = n * width * (torch.finfo(dtype).bits // 8) * 32
@@ -352,11 +399,16 @@ def trace(
         feature_act=feature_act,
         errors=errors,
         embeds=clean.extra["hook_embed"][0],
+        final=final if final is not None else clean.extra["hook_embed"][0],
+        x_in=clean.x_in,
+        extra_values=extra_values,
         resolved=resolved,
         _vjps=vjps,
         _out_shapes=out_shapes,
         _in_shapes=in_shapes,
         _writers=writers,
+        _extras=[[s.name for s in e] for e in extras],
+        _extra_shapes=extra_shapes,
         _unembed=model.W_U.detach(),
         _chunk=chunk,
     )
@@ -365,10 +417,10 @@ def trace(
 class _FrozenBlock:
     """Block ``layer`` of the frozen replacement model as a function of its input and a source.
 
-    ``(resid_pre, source) -> (output, transcoder input)``: the block's output is the next block's
-    input, or for the last block the unembedding's input (after the final norm). Patterns and
-    norm scales are the recorded clean ones; the transcoder output hook holds its clean value plus
-    ``source`` (plus a skip transcoder's live skip path).
+    ``(resid_pre, source) -> (output, transcoder input, *extra target hooks)``: the block's
+    output is the next block's input, or for the last block the unembedding's input (after the
+    final norm). Patterns and norm scales are the recorded clean ones; the transcoder output hook
+    holds its clean value plus ``source`` (plus a skip transcoder's live skip path).
     """
 
     def __init__(
@@ -378,14 +430,14 @@ class _FrozenBlock:
         layer: int,
         cache: dict[str, torch.Tensor],
         clean: CleanRun,
+        extras: Sequence[HookSite] = (),
     ) -> None:
         self.model, self.resolved, self.layer = model, resolved, layer
         self.cache, self.clean = cache, clean
+        self.extras = list(extras)
         self.semantics = ReplacementSemantics(resolved.transcoders)
 
-    def __call__(
-        self, resid: torch.Tensor, source: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, resid: torch.Tensor, source: torch.Tensor) -> tuple[torch.Tensor, ...]:
         model, layer, cache = self.model, self.layer, self.cache
         last = layer == model.cfg.n_layers - 1
         prefix = f"blocks.{layer}."
@@ -423,11 +475,16 @@ class _FrozenBlock:
 
             hooks += [(attn + "hook_v", keep("v")), (attn + "hook_z", mix)]
         hooks += [(self.resolved.inputs[layer], keep("x")), (self.resolved.outputs[layer], write)]
+        # after the hooks above on the same site: a target reads what the frozen model computes
+        hooks += [(site, keep("target:" + site.name)) for site in self.extras]
         with scoped_hooks(model, hooks):  # type: ignore[arg-type]
             out = model.blocks[layer](resid)
             if last and model.cfg.normalization_type is not None:
                 out = model.ln_final(out)
-        return out, box["x"]
+        missing = [s.name for s in self.extras if "target:" + s.name not in box]
+        if missing:
+            raise ValueError(f"target hook(s) {missing} did not fire in block {layer}")
+        return (out, box["x"], *(box["target:" + s.name] for s in self.extras))
 
 
 def _default_budget(device: torch.device) -> int:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from transformer_lens import HookedTransformer
 
-__all__ = ["Prompt", "to_tokens", "token_strings"]
+__all__ = ["Prompt", "single_token_id", "to_tokens", "token_strings"]
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +88,42 @@ def _tokenize(model: HookedTransformer, text: str) -> torch.Tensor:
     if model.cfg.default_prepend_bos and bos is not None and (not ids or ids[0] != bos):
         ids = [bos, *ids]
     return torch.tensor(ids, dtype=torch.long)
+
+
+def single_token_id(tokenizer: object, token: object, *, d_vocab: int | None = None) -> int:
+    """The id of one token, given as an id or as a string that is exactly one token.
+
+    Args:
+        tokenizer: A Hugging Face tokenizer (``model.tokenizer``) or ``None``.
+        token: A token id, or a string that tokenises (without special tokens) to one token.
+        d_vocab: If given, ids must lie in ``[0, d_vocab)``.
+
+    Returns:
+        The token id.
+
+    Raises:
+        TypeError: ``token`` is neither an integer nor a string.
+        ValueError: A string without a tokenizer, a string of several (or no) tokens, or an id
+            outside the vocabulary; the message names it.
+    """
+    if isinstance(token, (int, np.integer)) and not isinstance(token, bool):
+        tid = int(token)
+        if d_vocab is not None and not 0 <= tid < d_vocab:
+            raise ValueError(f"token id {tid} is outside the vocabulary [0, d_vocab={d_vocab})")
+        return tid
+    if not isinstance(token, str):
+        raise TypeError(
+            f"expected a token id or a string, got {type(token).__name__} {token!r:.60}"
+        )
+    if tokenizer is None:
+        raise ValueError(f"cannot look up {token!r}: the model has no tokenizer; pass a token id")
+    ids = list(tokenizer(token, add_special_tokens=False)["input_ids"])  # type: ignore[operator]
+    if len(ids) != 1:
+        raise ValueError(
+            f"{token!r} is {len(ids)} tokens ({ids}), not one; pass a single token (mind the "
+            "leading space of BPE vocabularies, e.g. ' Austin') or its id"
+        )
+    return int(ids[0])
 
 
 def token_strings(model: HookedTransformer, ids: Sequence[int]) -> list[str | None]:

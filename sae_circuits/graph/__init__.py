@@ -24,6 +24,8 @@ from sae_circuits.graph._io import (
 )
 from sae_circuits.graph._layout import (
     NODE_ID_FORMATS,
+    NODE_KINDS,
+    TARGET_KINDS,
     NodeId,
     NodeLayout,
     js_node_id,
@@ -47,6 +49,8 @@ __all__ = [
     "FORMAT_VERSION",
     "NODE_COLUMNS",
     "NODE_ID_FORMATS",
+    "NODE_KINDS",
+    "TARGET_KINDS",
     "AttributionGraph",
     "GraphFileError",
     "GraphScores",

@@ -52,7 +52,7 @@ import pandas as pd
 
 from sae_circuits._version import __version__
 from sae_circuits.core.files import atomic_write
-from sae_circuits.graph._layout import js_node_id, node_id, parse_node_id
+from sae_circuits.graph._layout import TARGET_KINDS, js_node_id, node_id, parse_node_id
 from sae_circuits.graph._pruning import cumulative_influence, node_influence
 
 if TYPE_CHECKING:
@@ -92,6 +92,18 @@ def node_ids(graph: AttributionGraph, n_layers: int | None = None) -> tuple[list
     kind = nodes["kind"].astype(str).tolist()
     layer, pos = _ints(nodes["layer"]), _ints(nodes["position"])
     feat, tok = _ints(nodes["feature"]), _ints(nodes["token_id"])
+    tok = tok.copy()
+    custom = nodes["kind"].astype(str).to_numpy() == "target"
+    if custom.any():  # the reference's virtual ids: d_vocab + rank among the targets
+        d_vocab = graph.metadata.get("d_vocab")
+        if not isinstance(d_vocab, (int, np.integer)) or isinstance(d_vocab, bool) or d_vocab < 1:
+            raise ValueError(
+                "custom target nodes need graph.metadata['d_vocab'] (the model's vocabulary size) "
+                f"for their ids, got {d_vocab!r}"
+            )
+        rank = np.arange(len(graph.target_indices))
+        targets = graph.target_indices
+        tok[targets[custom[targets]]] = int(d_vocab) + rank[custom[targets]]
     ids, js = [], []
     columns = (kind, layer.tolist(), pos.tolist(), feat.tolist(), tok.tolist())
     for k, lay, p, f, t in zip(*columns, strict=True):
@@ -196,7 +208,7 @@ def to_neuronpedia(
     else:
         if n > 10_000:
             logger.warning("exporting an unpruned graph of %d nodes; prune() it first", n)
-        cum = cumulative_influence(node_influence(graph.adjacency, graph.logit_weights))
+        cum = cumulative_influence(node_influence(graph.adjacency, graph.target_weights))
 
     coo = graph.adjacency.tocoo()
     order = np.lexsort((coo.col, coo.row))  # target-major, as circuit-tracer lists them
@@ -206,7 +218,7 @@ def to_neuronpedia(
     linked = np.zeros(n, dtype=bool)
     linked[src] = True
     linked[tgt] = True
-    shown = linked | (kind == "token") | (kind == "logit")
+    shown = linked | (kind == "token") | np.isin(kind, TARGET_KINDS)
 
     out_nodes = _node_records(graph, np.flatnonzero(shown), ids, js, cum, n_layers)
     links = [
@@ -251,7 +263,9 @@ def _node_records(
     prob_col = nodes["probability"] if "probability" in nodes.columns else pd.Series([np.nan] * n)
     prob = prob_col.to_numpy(dtype=np.float64, na_value=np.nan).tolist()
     text = nodes["token"].astype(object).tolist() if "token" in nodes.columns else [None] * n
-    logit_rank = np.cumsum(kind == "logit") - 1
+    labels = nodes["label"].astype(object).tolist() if "label" in nodes.columns else [None] * n
+    logit_rank = np.cumsum(np.isin(kind, TARGET_KINDS)) - 1
+    virtual = [int(i.split("_")[1]) if k == "target" else 0 for i, k in zip(ids, kind, strict=True)]
 
     out_nodes = []
     for i in rows.tolist():
@@ -281,6 +295,16 @@ def _node_records(
             node.update(feature=-1, feature_type="mlp reconstruction error")
         elif k == "token":
             node.update(feature=pos[i], layer="E", feature_type="embedding")
+        elif k == "target":  # a custom target: a logit node with a virtual token id (reference)
+            node.update(
+                feature=virtual[i],
+                layer=str(n_layers + 1),
+                feature_type="logit",
+                token_prob=0.0,
+                is_target_logit=bool(logit_rank[i] == 0),
+                clerp=f"Target: {labels[i]}",
+                influence=None,
+            )
         else:
             p = _optional_float(prob[i]) or 0.0
             label = _token_text(text[i], tok[i])

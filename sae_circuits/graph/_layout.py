@@ -8,7 +8,8 @@ block                 nodes                                        size
 features              the visited active features, (layer, position, feature) order   ``n_features``
 errors                one per (layer, position), layer-major       ``n_layers * n_pos``
 tokens                one per position                             ``n_pos``
-logits (targets)      the salient logits at the last position      ``n_logits``
+targets               logits (kind ``logit``) and custom targets    ``n_targets``
+                      (kind ``target``), in the order given
 ====================  ===========================================  =====================
 
 While a graph is computed, a row's **source columns** are laid out the same way without the
@@ -17,12 +18,13 @@ target block and with *every* active feature (``n_active``) in the feature block
 
 **Node ids** are Neuronpedia's: ``{layer}_{feature}_{position}`` for a feature,
 ``{layer}_-1_{position}`` for an error, ``E_{token_id}_{position}`` for a token and
-``{n_layers + 1}_{token_id}_{position}`` for a logit; :func:`node_id` writes them and
+``{n_layers + 1}_{token_id}_{position}`` for a logit (a custom target takes the reference's
+*virtual* token id ``d_vocab + j``, ``j`` its rank among the targets); :func:`node_id` writes them and
 :func:`parse_node_id` reads them back, with an error naming the bad part.
 
 Example:
-    >>> layout = NodeLayout(n_features=120, n_layers=4, n_pos=9, n_logits=3)
-    >>> layout.error_node(2, 5), layout.token_node(0), layout.logit_node(0)
+    >>> layout = NodeLayout(n_features=120, n_layers=4, n_pos=9, n_targets=3)
+    >>> layout.error_node(2, 5), layout.token_node(0), layout.target_node(0)
     (143, 156, 165)
     >>> parse_node_id("3_1234_5", n_layers=4)
     NodeId(kind='feature', position=5, layer=3, feature=1234, token_id=None)
@@ -38,6 +40,8 @@ import numpy as np
 
 __all__ = [
     "NODE_ID_FORMATS",
+    "NODE_KINDS",
+    "TARGET_KINDS",
     "NodeId",
     "NodeLayout",
     "js_node_id",
@@ -45,7 +49,12 @@ __all__ = [
     "parse_node_id",
 ]
 
-Kind = Literal["feature", "error", "token", "logit"]
+Kind = Literal["feature", "error", "token", "logit", "target"]
+
+#: Every node kind, in layout order (``logit`` and ``target`` share the last block).
+NODE_KINDS: tuple[Kind, ...] = ("feature", "error", "token", "logit", "target")
+#: The kinds of the target block: what influence and pruning start from.
+TARGET_KINDS: tuple[Kind, ...] = ("logit", "target")
 
 
 @dataclass(frozen=True)
@@ -56,13 +65,25 @@ class NodeLayout:
         n_features: Feature nodes (visited features).
         n_layers: Layers (error nodes per position).
         n_pos: Positions.
-        n_logits: Logit (target) nodes.
+        n_targets: Target nodes (logits and custom targets).
+        target_kinds: ``"logit"`` or ``"target"`` per target node (default: all logits).
     """
 
     n_features: int
     n_layers: int
     n_pos: int
-    n_logits: int
+    n_targets: int
+    target_kinds: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        kinds = self.target_kinds
+        if kinds is not None and (
+            len(kinds) != self.n_targets or not set(kinds) <= set(TARGET_KINDS)
+        ):
+            raise ValueError(
+                f"target_kinds must give one of {TARGET_KINDS} per target node "
+                f"({self.n_targets}), got {kinds!r:.80}"
+            )
 
     @property
     def error_offset(self) -> int:
@@ -73,12 +94,12 @@ class NodeLayout:
         return self.n_features + self.n_layers * self.n_pos
 
     @property
-    def logit_offset(self) -> int:
+    def target_offset(self) -> int:
         return self.token_offset + self.n_pos
 
     @property
     def n_nodes(self) -> int:
-        return self.logit_offset + self.n_logits
+        return self.target_offset + self.n_targets
 
     def error_node(self, layer: int, position: int) -> int:
         return self.error_offset + layer * self.n_pos + position
@@ -86,15 +107,18 @@ class NodeLayout:
     def token_node(self, position: int) -> int:
         return self.token_offset + position
 
-    def logit_node(self, j: int) -> int:
-        return self.logit_offset + j
+    def target_node(self, j: int) -> int:
+        return self.target_offset + j
 
     def kinds(self) -> np.ndarray:
         """``(n_nodes,)`` kind of every node, as strings."""
-        return np.repeat(
-            np.array(["feature", "error", "token", "logit"]),
-            [self.n_features, self.n_layers * self.n_pos, self.n_pos, self.n_logits],
+        out = np.repeat(
+            np.array(["feature", "error", "token", "logit"], dtype=object),
+            [self.n_features, self.n_layers * self.n_pos, self.n_pos, self.n_targets],
         )
+        if self.target_kinds is not None:
+            out[self.target_offset :] = self.target_kinds
+        return out.astype(str)
 
     # -- source columns of rows computed before the visited features are known
 
@@ -108,16 +132,16 @@ class NodeLayout:
         n_sources = self.n_sources(n_active, self.n_layers, self.n_pos)
         out = np.full(n_sources, -1, dtype=np.int64)
         out[visited] = np.arange(self.n_features)
-        out[n_active:] = np.arange(self.error_offset, self.logit_offset)
+        out[n_active:] = np.arange(self.error_offset, self.target_offset)
         return out
 
     def row_map(self, visited: np.ndarray, n_active: int) -> np.ndarray:
-        """``(n_sources + n_logits,)`` node index of every row id: an active feature's index, or
-        ``n_sources + j`` for logit ``j`` (``-1``: never a row)."""
+        """``(n_sources + n_targets,)`` node index of every row id: an active feature's index, or
+        ``n_sources + j`` for target ``j`` (``-1``: never a row)."""
         n_sources = self.n_sources(n_active, self.n_layers, self.n_pos)
-        out = np.full(n_sources + self.n_logits, -1, dtype=np.int64)
+        out = np.full(n_sources + self.n_targets, -1, dtype=np.int64)
         out[visited] = np.arange(self.n_features)
-        out[n_sources:] = np.arange(self.logit_offset, self.n_nodes)
+        out[n_sources:] = np.arange(self.target_offset, self.n_nodes)
         return out
 
 
@@ -131,6 +155,8 @@ _ID_TEMPLATES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "error": ("{layer}_-1_{position}", "{layer}_-1-{position}", ("layer",)),
     "token": ("E_{token_id}_{position}", "E_{token_id}-{position}", ("token_id",)),
     "logit": ("{logit_layer}_{token_id}_{position}", "L_{token_id}-{position}", ("token_id",)),
+    # a custom target: the reference's virtual token id d_vocab + j in the logit's place
+    "target": ("{logit_layer}_{token_id}_{position}", "L_{token_id}-{position}", ("token_id",)),
 }
 
 
@@ -143,13 +169,14 @@ def node_id(
     token_id: int | None = None,
     n_layers: int | None = None,
 ) -> str:
-    """The Neuronpedia ``node_id`` of one node (a logit's needs ``n_layers``).
+    """The Neuronpedia ``node_id`` of one node (a logit's or target's needs ``n_layers``; a
+    target's ``token_id`` is its virtual id ``d_vocab + j``).
 
     Raises:
         ValueError: An unknown kind, or a field the kind needs is missing.
     """
     fields = _fields(kind, layer=layer, feature=feature, token_id=token_id)
-    if kind == "logit":
+    if kind in TARGET_KINDS:
         fields["logit_layer"] = _need(n_layers, "n_layers", kind) + 1
     return _ID_TEMPLATES[kind][0].format(position=position, **fields)
 
@@ -169,7 +196,7 @@ def js_node_id(
 
 def _fields(kind: str, **given: int | None) -> dict[str, int]:
     if kind not in _ID_TEMPLATES:
-        raise ValueError(f"unknown node kind {kind!r}; valid kinds: feature, error, token, logit")
+        raise ValueError(f"unknown node kind {kind!r}; valid kinds: {', '.join(NODE_KINDS)}")
     return {name: _need(given[name], name, kind) for name in _ID_TEMPLATES[kind][2]}
 
 

@@ -50,6 +50,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from sae_circuits.graph._influence import propagate, row_normalize
+from sae_circuits.graph._layout import TARGET_KINDS
 
 if TYPE_CHECKING:
     from sae_circuits.graph._graph import AttributionGraph
@@ -280,23 +281,30 @@ def prune_masks(
 
 
 def _kind_masks(graph: AttributionGraph) -> dict[str, np.ndarray]:
+    """Node-kind masks as :func:`prune_masks` takes them (``is_logit``: every target node)."""
     kind = graph.nodes["kind"].astype(str).to_numpy()
-    return {f"is_{k}": kind == k for k in ("feature", "error", "token", "logit")}
+    masks = {f"is_{k}": kind == k for k in ("feature", "error", "token")}
+    masks["is_logit"] = np.isin(kind, TARGET_KINDS)
+    return masks
 
 
 def _checked_inputs(graph: AttributionGraph, what: str) -> tuple[sp.csr_array, np.ndarray]:
-    """Canonical adjacency and logit weights, or a clear error about why ``what`` cannot run."""
-    n_logits = int(np.count_nonzero(graph.nodes["kind"].astype(str).to_numpy() == "logit"))
-    if n_logits == 0 or "probability" not in graph.nodes.columns:
+    """Canonical adjacency and target weights, or a clear error about why ``what`` cannot run."""
+    n_targets = len(graph.target_indices)
+    has_weights = "target_weight" in graph.nodes.columns or "probability" in graph.nodes.columns
+    if n_targets == 0 or not has_weights:
         raise ValueError(
-            f"{what} needs logit nodes: influence is measured on the logits, and this graph has "
-            "none, or no nodes['probability'] column (sae_circuits.attribute adds both)"
+            f"{what} needs target nodes (logits or custom targets) with weights: influence is "
+            "measured on the targets, and this graph has none, or neither a "
+            "nodes['target_weight'] nor a nodes['probability'] column (sae_circuits.attribute "
+            "adds them)"
         )
-    w = graph.logit_weights
+    w = graph.target_weights
     if not np.isfinite(w).all() or (w < 0).any() or not w.sum() > 0:
         raise ValueError(
-            f"{what} needs the logit nodes' probabilities (nodes['probability']): they must be "
-            "finite, non-negative and not all zero or missing"
+            f"{what} needs the target nodes' weights (nodes['target_weight'], or the logits' "
+            "probabilities): they must be finite, non-negative and not all zero or missing; "
+            "set them with graph.with_target_weights(...)"
         )
     a = _canonical(graph.adjacency)
     if not np.isfinite(a.data).all():
@@ -389,7 +397,7 @@ def prune_graph(
         influence=result.influence[keep],
         cumulative_influence=result.cumulative_influence[keep],
     )
-    kept_logits = result.node_mask[graph.node_indices("logit")]  # all True: logits are kept
+    kept_logits = result.node_mask[graph.node_indices("logit")]  # all True: targets are kept
     logits = graph.logits.copy()
     if len(logits) == len(kept_logits):
         logits = logits.iloc[np.flatnonzero(kept_logits)].reset_index(drop=True)

@@ -44,7 +44,7 @@ import torch
 from transformer_lens import HookedTransformer
 
 from sae_circuits.core.hooks import scoped_hooks
-from sae_circuits.core.prompts import Prompt, to_tokens
+from sae_circuits.core.prompts import Prompt, single_token_id, to_tokens
 from sae_circuits.graph import AttributionGraph
 from sae_circuits.interventions._generate import GenerationResult, generate
 from sae_circuits.interventions._hooks import Recorded, clean_run, intervened_hooks, make_plan
@@ -78,22 +78,6 @@ def _decode_one(tokenizer: Any, token_id: int) -> str | None:
         return tokenizer.decode([int(token_id)])
     except Exception:  # a tokenizer that cannot decode single ids
         return None
-
-
-def _token_id(tokenizer: Any, token: int | str) -> int:
-    if isinstance(token, int | np.integer) and not isinstance(token, bool):
-        return int(token)
-    if not isinstance(token, str):
-        raise TypeError(f"expected a token id or string, got {type(token).__name__}")
-    if tokenizer is None:
-        raise ValueError(f"cannot look up {token!r}: the model has no tokenizer; pass a token id")
-    ids = tokenizer(token, add_special_tokens=False)["input_ids"]
-    if len(ids) != 1:
-        raise ValueError(
-            f"{token!r} is {len(ids)} tokens ({ids}); pass a single token (mind the leading "
-            "space of BPE vocabularies, e.g. ' Austin') or its id"
-        )
-    return int(ids[0])
 
 
 def _sparse_table(acts: Mapping[int, torch.Tensor], name: str) -> pd.DataFrame:
@@ -205,7 +189,7 @@ class InterventionResult:
         Args:
             a, b: Token ids or single-token strings.
         """
-        ia, ib = _token_id(self.tokenizer, a), _token_id(self.tokenizer, b)
+        ia, ib = single_token_id(self.tokenizer, a), single_token_id(self.tokenizer, b)
         return (
             float(self.clean_last_logits[ia] - self.clean_last_logits[ib]),
             float(self.last_logits[ia] - self.last_logits[ib]),
