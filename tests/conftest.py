@@ -6,7 +6,9 @@ Everything is built from configs with seeded random weights: no download, CPU on
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,7 +16,7 @@ import torch
 from sae_circuits.toy import tiny_model, tiny_transcoders
 
 ARCHS = ("gpt2", "llama", "gemma2")
-KINDS = ("relu", "jumprelu", "skip", "jumprelu_skip")
+KINDS = ("relu", "jumprelu", "skip", "jumprelu_skip", "topk")
 #: A prompt in the tiny models' word vocabulary ('t0' is BOS and is prepended).
 PROMPT = "t5 t9 t3 t7 t2 t8 t1 t1 t4 t6"
 
@@ -91,3 +93,43 @@ def assert_same_model(before: dict, after: dict) -> None:
         assert torch.equal(value, value2), name
         assert after["params"][name][1].grad is None
     assert str(before["cfg"]) == str(after["cfg"])
+
+
+# -- a Hugging Face cache in the real layout, offline ----------------------------------------
+
+
+@pytest.fixture
+def hf_cache(tmp_path, monkeypatch) -> Path:
+    """An empty Hugging Face cache, offline mode on (env vars and huggingface_hub constants:
+    the constants are read from the environment at import time, so both are patched)."""
+    from huggingface_hub import constants
+
+    from sae_circuits.transcoders._hub import ENV_DIR
+
+    cache = tmp_path / "hf" / "hub"
+    cache.mkdir(parents=True)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv(ENV_DIR, raising=False)
+    monkeypatch.setattr(constants, "HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    return cache
+
+
+def fake_repo(cache: Path, repo: str, files: dict[str, bytes], revision: str = "main") -> Path:
+    """Files of ``repo`` at ``revision`` in the cache: blobs, symlinked snapshot, ref."""
+    root = cache / f"models--{repo.replace('/', '--')}"
+    commit = hashlib.sha1(f"{repo}@{revision}".encode()).hexdigest()
+    (root / "refs").mkdir(parents=True, exist_ok=True)
+    (root / "refs" / revision).write_text(commit)
+    snapshot = root / "snapshots" / commit
+    for name, data in files.items():
+        blob = root / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        blob.write_bytes(data)
+        link = snapshot / name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(Path("../" * (name.count("/") + 2)) / "blobs" / blob.name)
+    return snapshot

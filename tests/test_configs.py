@@ -9,7 +9,6 @@ offline, with files in the public formats at tiny sizes.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import io
 import re
 from pathlib import Path
@@ -28,12 +27,13 @@ from sae_circuits.core.devices import default_device
 from sae_circuits.transcoders import configs as cfgs
 from sae_circuits.transcoders._hub import ENV_DIR, Fetcher, WeightsUnavailableError
 
-from .conftest import build
+from .conftest import build, fake_repo
 from .tolerance import assert_close
 
 D, F = 8, 16
 SHIPPED = {
     "gemma-2-2b-gemmascope",
+    "llama-3.1-8b-instruct-topk",
     "gemma-2-2b-clt-426k",
     "gemma-2-2b-clt-2.5m",
     "llama-3.2-1b-skip",
@@ -47,42 +47,6 @@ SHIPPED = {
     "toy-facts-clt",
 }
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "configs.md"
-
-
-# -- a Hugging Face cache in the real layout, offline ----------------------------------------
-
-
-@pytest.fixture
-def hf_cache(tmp_path, monkeypatch) -> Path:
-    """An empty Hugging Face cache, offline mode on (env vars and huggingface_hub constants:
-    the constants are read from the environment at import time, so both are patched)."""
-    cache = tmp_path / "hf" / "hub"
-    cache.mkdir(parents=True)
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.delenv(ENV_DIR, raising=False)
-    monkeypatch.setattr(constants, "HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    return cache
-
-
-def fake_repo(cache: Path, repo: str, files: dict[str, bytes], revision: str = "main") -> Path:
-    """Files of ``repo`` at ``revision`` in the cache: blobs, symlinked snapshot, ref."""
-    root = cache / f"models--{repo.replace('/', '--')}"
-    commit = hashlib.sha1(f"{repo}@{revision}".encode()).hexdigest()
-    (root / "refs").mkdir(parents=True, exist_ok=True)
-    (root / "refs" / revision).write_text(commit)
-    snapshot = root / "snapshots" / commit
-    for name, data in files.items():
-        blob = root / "blobs" / hashlib.sha256(data).hexdigest()
-        blob.parent.mkdir(parents=True, exist_ok=True)
-        blob.write_bytes(data)
-        link = snapshot / name
-        link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to(Path("../" * (name.count("/") + 2)) / "blobs" / blob.name)
-    return snapshot
 
 
 def npz(**arrays: torch.Tensor) -> bytes:
@@ -130,8 +94,12 @@ def test_shipped_configs_validate_against_saelens_and_transformerlens():
             for layer, sae_id in enumerate(src.sae_ids):
                 assert re.search(rf"layer_{layer}\b", sae_id), (name, layer, sae_id)
                 assert c.neuronpedia_id(layer) == lookup.neuronpedia_id[sae_id]
-    # TransformerLens knows these two models' shapes offline
-    for name, model in (("gemma-2-2b-gemmascope", "gemma-2-2b"), ("llama-3.2-1b-skip", None)):
+    # TransformerLens knows these models' shapes offline
+    for name, model in (
+        ("gemma-2-2b-gemmascope", "gemma-2-2b"),
+        ("llama-3.2-1b-skip", None),
+        ("llama-3.1-8b-instruct-topk", None),
+    ):
         c = configs[name]
         tl = get_pretrained_model_config(model or c.model)
         assert (tl.n_layers, tl.d_model) == (c.n_layers, c.d_model)

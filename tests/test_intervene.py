@@ -30,6 +30,7 @@ CASES = [
     ("llama", "skip"),
     ("gemma2", "jumprelu"),
     ("gemma2", "jumprelu_skip"),
+    ("gemma2", "topk"),
     ("gpt2", "clt"),
 ]
 
@@ -117,7 +118,8 @@ def test_direct_effects_equal_graph_edges(arch, kind):
 
 
 @pytest.mark.parametrize(
-    ("arch", "kind"), [("llama", "skip"), ("llama", "jumprelu_skip"), ("gpt2", "clt")]
+    ("arch", "kind"),
+    [("llama", "skip"), ("llama", "jumprelu_skip"), ("llama", "topk"), ("gpt2", "clt")],
 )
 def test_zeroing_one_feature_moves_targets_by_minus_its_column(arch, kind):
     model, ts, graph = _setup(arch, kind)
@@ -190,7 +192,8 @@ def _oracle_logits(model, ts, tokens, interventions, *, freeze: bool) -> torch.T
 
 
 @pytest.mark.parametrize(
-    ("arch", "kind"), [("llama", "skip"), ("llama", "jumprelu_skip"), ("gpt2", "clt")]
+    ("arch", "kind"),
+    [("llama", "skip"), ("llama", "jumprelu_skip"), ("llama", "topk"), ("gpt2", "clt")],
 )
 def test_full_replacement_model_matches_replacement_with_frozen_errors(arch, kind):
     model, ts, graph = _setup(arch, kind)

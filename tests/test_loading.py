@@ -33,11 +33,14 @@ def test_folder_round_trip(tmp_path, kind):
         "jumprelu": JumpReLUTranscoder,
         "skip": SkipTranscoder,
         "jumprelu_skip": JumpReLUSkipTranscoder,
+        "topk": sc.TopKTranscoder,
     }[kind]
     assert all(type(t) is cls for t in ts.transcoders)
     for a, b in zip(ts.transcoders, tcs, strict=True):
+        assert a.state_dict().keys() == b.state_dict().keys()
         for name, p in b.state_dict().items():
             assert torch.equal(a.state_dict()[name], p), name
+        assert a.cfg.to_dict() == b.cfg.to_dict()
     x = torch.randn(5, tcs[0].cfg.d_in)
     assert_close(ts.activation_fn(0, ts.pre_activations(0, x)), tcs[0].encode(x))
 

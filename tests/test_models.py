@@ -15,7 +15,7 @@ from sae_circuits.transcoders import configs as cfgs
 from sae_circuits.transcoders._fit import check_transcoders_match
 
 from .conftest import build
-from .test_configs import GOOD, hf_cache, write_yaml  # noqa: F401  (hf_cache is a fixture)
+from .test_configs import GOOD, write_yaml
 
 
 @pytest.fixture
@@ -76,7 +76,7 @@ def test_unknown_model_name():
         load_model("gema-2-2b", device="cpu")
 
 
-def test_offline_model_error_names_repo_and_how(hf_cache):  # noqa: F811
+def test_offline_model_error_names_repo_and_how(hf_cache):
     with pytest.raises(ModelUnavailableError) as info:
         load_model("gemma-2-2b-gemmascope", device="cpu")
     msg = str(info.value)

@@ -448,7 +448,14 @@ def test_graph_without_logits_is_refused():
     for call in (no_logits.prune, no_logits.scores):
         with pytest.raises(ValueError, match="needs target nodes"):
             call()
-    zero = graph.nodes.assign(probability=graph.nodes["probability"] * 0)
+    zero = graph.nodes.assign(target_weight=graph.nodes["target_weight"] * 0)
+    with pytest.raises(ValueError, match="weights .* not all zero"):
+        dataclasses.replace(graph, nodes=zero).prune()
+    # a graph from before target weights: its logits' probabilities are the weights
+    old = graph.nodes.drop(columns=["target_weight"])
+    old_graph = dataclasses.replace(graph, nodes=old)
+    np.testing.assert_array_equal(old_graph.target_weights, graph.target_weights)
+    zero = old.assign(probability=old["probability"] * 0)
     with pytest.raises(ValueError, match="probabilities"):
         dataclasses.replace(graph, nodes=zero).prune()
 

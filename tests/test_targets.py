@@ -275,3 +275,34 @@ def test_cross_layer_transcoder_target_rows_are_exact(arch, jumprelu):
     layer0 = np.flatnonzero((kinds == "feature") & (layer_of == 0))  # they write to every layer
     sources += list(rng.choice(layer0, min(4, len(layer0)), replace=False))
     assert worst_column_error(graph, oracle, sources) < 1e-4
+
+
+@pytest.mark.parametrize(
+    ("arch", "kind"), [("gpt2", "relu"), ("llama", "skip"), ("gemma2", "jumprelu")]
+)
+def test_interventions_measure_what_the_target_rows_predict(arch, kind):
+    model, tcs = build(arch, kind)
+    ts = sc.load_transcoders(tcs)
+    base = sc.attribute(model, PROMPT, ts)
+    a, b = (int(t) for t in base.logits["token_id"][:2])
+    n = len(base.metadata["tokens"])
+    graph = sc.attribute(model, PROMPT, ts, targets=_targets(model, ts, a, b, n))
+    feats = graph.nodes.iloc[graph.node_indices("feature")]
+    out_deg = np.asarray((graph.adjacency != 0).sum(axis=0)).ravel()[feats.index]
+    group = feats[out_deg > 3].iloc[::7][:5]
+    result = sc.intervene(
+        model, PROMPT, ts, group.assign(scale=0.0), direct_effects=True, targets=graph
+    )
+    tv = result.target_values
+    assert tv["node"].tolist() == graph.targets["node"].tolist()
+    # the clean read-outs are the graph's values
+    assert_close(tv["clean_value"], graph.targets["value"], rtol=1e-5, what="clean values")
+    table = sc.compare_with_graph(result, graph)
+    on_targets = table[table["kind"].isin(["logit", "target"])]
+    assert len(on_targets) == 10 and on_targets["measured"].notna().all()
+    scale = float(np.abs(on_targets["measured"]).max())
+    assert scale > 1e-3
+    assert_close(on_targets["predicted"], on_targets["measured"], rtol=1e-4, what="targets")
+    # the same targets without direct effects move too, and are reported
+    full = sc.intervene(model, PROMPT, ts, group.assign(scale=0.0), targets=graph)
+    assert (full.target_values["value"] != full.target_values["clean_value"]).any()

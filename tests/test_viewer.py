@@ -312,3 +312,41 @@ def test_screenshot(screenshot_viewer: Viewer, tmp_path: Path):
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, dest)
     assert viewer.errors == []
+
+
+def test_custom_targets_are_drawn_with_the_logits_and_explained(viewer: Viewer):
+    import torch
+
+    import sae_circuits as sc
+    from sae_circuits.viewer import write_graph_folder
+
+    from .conftest import PROMPT, build
+
+    model, tcs = build("gpt2", "relu")
+    ts = sc.load_transcoders(tcs)
+    d = torch.randn(model.cfg.d_model, generator=torch.Generator().manual_seed(0))
+    graph = sc.attribute(
+        model,
+        PROMPT,
+        ts,
+        targets=[5, sc.Target.logit_diff(5, 7, label="t5 vs t7"), sc.Target("my direction", d)],
+    )
+    shutil.rmtree(viewer.folder)
+    write_graph_folder(viewer.folder, graph, graph.prune(), slug="targets")
+    viewer.open()
+    doc = json.loads((viewer.folder / "graph.json").read_text())
+    targets = [n for n in doc["nodes"] if n.get("target_kind") == "target"]
+    assert [n["token"] for n in targets] == ["t5 vs t7", "my direction"]
+    token_y = viewer.page.locator("#graph-svg .node.token").first.bounding_box()["y"]
+    for node in targets:
+        drawn = viewer.node(node["node_id"])
+        assert drawn.bounding_box()["y"] < token_y  # on top, with the logits
+        text = drawn.text_content() or ""
+        assert "target" in text and node["token"] in text
+    viewer.node(targets[1]["node_id"]).click()
+    page = viewer.page
+    assert page.inner_text('#details-fields dd[data-field="target"]') == "my direction"
+    shown = float(page.inner_text('#details-fields dd[data-field="value (clean run)"]'))
+    assert shown == pytest.approx(float(graph.targets["value"][2]), abs=1e-3)
+    assert page.locator('#details-fields dd[data-field="probability"]').count() == 0
+    assert viewer.errors == []

@@ -14,13 +14,20 @@ Example:
 
 from sae_circuits.attribution._attribute import attribute, select_logits
 from sae_circuits.attribution._backward import RowSlice, Trace, trace
-from sae_circuits.attribution._targets import ResolvedTarget, Target, TargetKind, resolve_targets
+from sae_circuits.attribution._targets import (
+    ResolvedTarget,
+    Target,
+    TargetKind,
+    TargetReader,
+    resolve_targets,
+)
 
 __all__ = [
     "ResolvedTarget",
     "RowSlice",
     "Target",
     "TargetKind",
+    "TargetReader",
     "Trace",
     "attribute",
     "resolve_targets",

@@ -42,7 +42,12 @@ from transformer_lens import HookedTransformer
 from sae_circuits._version import __version__
 from sae_circuits.attribution._backward import RowSlice, Trace, trace
 from sae_circuits.attribution._rows import RowStore
-from sae_circuits.attribution._targets import ResolvedTarget, Target, resolve_targets
+from sae_circuits.attribution._targets import (
+    ResolvedTarget,
+    Target,
+    TargetReader,
+    resolve_targets,
+)
 from sae_circuits.core.progress import progress_bar
 from sae_circuits.core.prompts import Prompt, to_tokens, token_strings
 from sae_circuits.graph import NODE_KINDS, AttributionGraph, NodeLayout, propagate_chunks
@@ -115,13 +120,12 @@ def attribute(
     started = time.perf_counter()
     hooks = [t.site for t in specs or () if t.site is not None and not t.reads_mlp_input]
     tr = trace(model, tokens, resolved, attention_sink=attention_sink, target_hooks=hooks)
+    logit_probs = None
     if specs is None:
         logit_ids, logit_probs = select_logits(tr.logits, max_n_logits, desired_logit_prob)
         specs = [_salient(tr, int(t)) for t in logit_ids.tolist()]
-        table = _target_table(model, tr, specs, probabilities=logit_probs)
-    else:
-        table = _target_table(model, tr, specs)
-    groups = _target_groups(model, tr, specs)  # checks directions against their hooks' sizes
+    groups = _target_groups(tr, specs)  # checks directions against their hooks' sizes
+    table = _target_table(model, tr, specs, probabilities=logit_probs)
     n_active = tr.n_active
     n_select = n_active if max_feature_nodes is None else min(max_feature_nodes, n_active)
     logger.info(
@@ -190,11 +194,7 @@ def _target_table(
     one, else the probability for a logit and 1.0 for a custom target.
     """
     n = tr.n_pos
-    w_u = tr._unembed.double()
-    b_u = getattr(model, "b_U", None)
-    b_u = torch.zeros(w_u.shape[1], dtype=torch.float64) if b_u is None else b_u.detach().double()
-    b_u = b_u.to(w_u.device)
-    final = tr.final.double().to(w_u.device)
+    reader = TargetReader(model)
     strings = token_strings(model, [t.token_ids[0] for t in specs if t.kind == "logit"])
     decoded = iter(strings)
     probs_at: dict[int, torch.Tensor] = {}
@@ -204,7 +204,7 @@ def _target_table(
             if pos == n - 1:
                 logits = tr.logits.double()
             else:
-                logits = final[pos] @ w_u + b_u
+                logits = tr.final[pos].double() @ reader.w_u.double() + reader.b_u.double()
                 cap = float(getattr(model.cfg, "output_logits_soft_cap", 0.0) or 0.0)
                 if cap > 0:
                     logits = cap * torch.tanh(logits / cap)
@@ -213,28 +213,19 @@ def _target_table(
 
     rows = []
     for j, t in enumerate(specs):
-        pos, token, prob, hook = t.position, None, None, t.hook
+        pos, token, prob, hook, label = t.position, None, None, t.hook, t.label
+        if t.site is None:
+            x = tr.final[pos]
+        elif t.reads_mlp_input:
+            x = tr.x_in[t.layer][pos]
+        else:
+            x = tr.extra_values[t.site.name][pos]
+        value = reader.value(t.describe(), x)
         if t.kind == "logit":
             (tid,) = t.token_ids
-            value = float(final[pos] @ (w_u[:, tid] - w_u.mean(1)) + b_u[tid] - b_u.mean())
             prob = float(probabilities[j]) if probabilities is not None else float(probs(pos)[tid])
             token = next(decoded)
             label = t.label if t.label != str(tid) or token is None else token
-        elif t.kind == "logit_diff":
-            a, b = t.token_ids
-            value = float(final[pos] @ (w_u[:, a] - w_u[:, b]) + b_u[a] - b_u[b])
-            label = t.label
-        else:
-            assert t.direction is not None
-            if t.site is None:
-                x = final[pos]
-            elif t.reads_mlp_input:
-                x = tr.x_in[t.layer][pos]
-            else:
-                x = tr.extra_values[t.site.name][pos]
-            x = x.reshape(-1).double().cpu()
-            value = float(x @ t.direction) if x.numel() == t.direction.numel() else float("nan")
-            label = t.label
         weight = t.weight if t.weight is not None else (prob if prob is not None else 1.0)
         rows.append(
             {
@@ -262,7 +253,7 @@ def _target_table(
 
 
 def _target_groups(
-    model: HookedTransformer, tr: Trace, specs: Sequence[ResolvedTarget]
+    tr: Trace, specs: Sequence[ResolvedTarget]
 ) -> list[tuple[np.ndarray, torch.Tensor, torch.Tensor, torch.Tensor, str | None]]:
     """Targets grouped by where they read: ``(indices, layers, positions, vectors, hook)``."""
     by_site: dict[tuple[int, str | None], list[int]] = {}
@@ -470,18 +461,7 @@ def _assemble(
         "transcoders": tr.resolved.transcoders.describe(),
         "n_active_features": n_active,
         "settings": settings,
-        "targets": [_describe(t) for t in specs],
+        "targets": [t.describe() for t in specs],
         "sae_circuits_version": __version__,
     }
     return AttributionGraph(adjacency=adjacency, nodes=nodes, logits=logits, metadata=metadata)
-
-
-def _describe(t: ResolvedTarget) -> dict[str, Any]:
-    """A target as JSON-able metadata (the direction included: the graph says what it explains)."""
-    return {
-        "kind": t.kind,
-        "position": t.position,
-        "token_ids": list(t.token_ids),
-        "hook": t.hook,
-        "direction": None if t.direction is None else t.direction.tolist(),
-    }

@@ -41,7 +41,7 @@ from sae_circuits.core.prompts import single_token_id
 from sae_circuits.replacement_model import FROZEN_SUFFIXES
 from sae_circuits.transcoders import ResolvedTranscoders
 
-__all__ = ["ResolvedTarget", "Target", "TargetKind", "resolve_targets"]
+__all__ = ["ResolvedTarget", "Target", "TargetKind", "TargetReader", "resolve_targets"]
 
 TargetKind = Literal["logit", "logit_diff", "direction"]
 
@@ -140,6 +140,60 @@ class ResolvedTarget:
     @property
     def hook(self) -> str | None:
         return None if self.site is None else self.site.name
+
+    def describe(self) -> dict[str, Any]:
+        """As JSON-able metadata (``graph.metadata["targets"]``), direction included."""
+        return {
+            "kind": self.kind,
+            "position": self.position,
+            "token_ids": list(self.token_ids),
+            "hook": self.hook,
+            "direction": None if self.direction is None else self.direction.tolist(),
+        }
+
+
+class TargetReader:
+    """What a target reads, from the activation at its site: the one formula (float64).
+
+    For a logit ``t``: ``x . (W_U[:, t] - mean_v W_U[:, v]) + b_U[t] - mean_v b_U[v]``, the
+    demeaned pre-softcap logit; for a logit difference ``(a, b)``: ``x . (W_U[:, a] - W_U[:, b])
+    + b_U[a] - b_U[b]``; for a direction ``v``: ``x . v`` (``x`` flattened).
+
+    Args:
+        model: The model (its unembedding).
+    """
+
+    def __init__(self, model: HookedTransformer) -> None:
+        self.w_u = model.W_U.detach()
+        b_u = getattr(model, "b_U", None)
+        self.b_u = torch.zeros(self.w_u.shape[1]) if b_u is None else b_u.detach()
+        self._mean: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def _means(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._mean is None:
+            self._mean = (self.w_u.double().mean(1).cpu(), self.b_u.double().mean().cpu())
+        return self._mean
+
+    def value(self, target: dict[str, Any], x: torch.Tensor) -> float:
+        """The target's value given ``x``, the activation at its site and position.
+
+        Args:
+            target: A target as :meth:`ResolvedTarget.describe` gives it.
+            x: ``(d_model,)`` the unembedding's input, or the hook's activation at one position.
+        """
+        x = x.detach().double().cpu().reshape(-1)
+        kind, ids = target["kind"], target["token_ids"]
+        if kind == "logit":
+            w_mean, b_mean = self._means()
+            (t,) = ids
+            col = self.w_u[:, t].double().cpu() - w_mean
+            return float(x @ col + self.b_u[t].double().cpu() - b_mean)
+        if kind == "logit_diff":
+            a, b = ids
+            col = (self.w_u[:, a].double() - self.w_u[:, b].double()).cpu()
+            return float(x @ col + (self.b_u[a].double() - self.b_u[b].double()).cpu())
+        direction = torch.as_tensor(target["direction"], dtype=torch.float64)
+        return float(x @ direction)
 
 
 def resolve_targets(

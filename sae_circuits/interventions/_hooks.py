@@ -18,7 +18,7 @@ intervened features' changes of their decoder writes are added.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -110,11 +110,13 @@ def make_plan(
 
 @dataclass
 class Recorded:
-    """Filled by an intervened run: reported activations and target pre-activations."""
+    """Filled by an intervened run: reported activations, target pre-activations and the
+    activations that graph targets read (by hook name, batch dimension dropped)."""
 
     acts: dict[int, torch.Tensor] = field(default_factory=dict)
     pre: dict[int, torch.Tensor] = field(default_factory=dict)
     logits_presoftcap: torch.Tensor | None = None
+    reads: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def intervened_hooks(
@@ -127,8 +129,10 @@ def intervened_hooks(
     freeze: bool,
     targets: Mapping[int, tuple[torch.Tensor, torch.Tensor]],
     record: Recorded,
+    reads: Sequence[HookSite | str] = (),
 ) -> list[tuple[HookSite | str, Any]]:
-    """Hooks that run the prompt (all positions of ``clean``) with ``plan`` applied."""
+    """Hooks that run the prompt (all positions of ``clean``) with ``plan`` applied; ``reads``
+    are recorded (after every other hook on their site) into ``record.reads``."""
     ts = resolved.transcoders
     sem = ReplacementSemantics(ts)
     live_x: dict[int, torch.Tensor] = {}
@@ -202,6 +206,9 @@ def intervened_hooks(
     hooks += [(site, read(layer)) for layer, site in enumerate(resolved.inputs)]
     hooks += [(site, write(layer)) for layer, site in enumerate(resolved.outputs)]
     hooks.append((unembed_site(), unembed))
+    for site in reads:
+        name = site.name if isinstance(site, HookSite) else site
+        hooks.append((site, lambda t, name=name: record.reads.__setitem__(name, t.detach()[0])))
     return hooks
 
 

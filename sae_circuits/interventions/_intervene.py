@@ -43,9 +43,10 @@ import pandas as pd
 import torch
 from transformer_lens import HookedTransformer
 
-from sae_circuits.core.hooks import scoped_hooks
+from sae_circuits.attribution import TargetReader
+from sae_circuits.core.hooks import HookSite, scoped_hooks
 from sae_circuits.core.prompts import Prompt, single_token_id, to_tokens
-from sae_circuits.graph import AttributionGraph
+from sae_circuits.graph import TARGET_KINDS, AttributionGraph
 from sae_circuits.interventions._generate import GenerationResult, generate
 from sae_circuits.interventions._hooks import Recorded, clean_run, intervened_hooks, make_plan
 from sae_circuits.interventions._inputs import (
@@ -55,6 +56,7 @@ from sae_circuits.interventions._inputs import (
     parse_interventions,
     parse_targets,
 )
+from sae_circuits.replacement_model import unembed_input_site
 from sae_circuits.transcoders import check_compatible
 from sae_circuits.transcoders.sets import TranscoderSet
 
@@ -118,6 +120,9 @@ class InterventionResult:
         clean_activations: ``layer -> (n, d_sae)`` sparse COO clean activations.
         pre_activations: One row per requested target: ``layer``, ``position``, ``feature``,
             ``clean_pre_activation``, ``pre_activation``.
+        target_values: With ``targets=graph``, one row per target node of the graph: ``node``,
+            ``label``, ``kind``, ``clean_value`` and ``value`` (what the target reads, as in
+            ``graph.targets["value"]``, float64); else empty.
         interventions: The parsed interventions: ``layer``, ``position``, ``feature``, ``value``,
             ``scale`` (NaN where not given), ``clean_activation`` and ``new_activation``.
         settings: ``freeze_attention`` and ``direct_effects``.
@@ -133,6 +138,7 @@ class InterventionResult:
     clean_activations: Mapping[int, torch.Tensor]
     pre_activations: pd.DataFrame
     interventions: pd.DataFrame
+    target_values: pd.DataFrame = field(default_factory=pd.DataFrame)
     settings: Mapping[str, Any] = field(default_factory=dict)
     tokenizer: Any = field(default=None, repr=False)
 
@@ -223,7 +229,9 @@ def intervene(
             pass. Needs ``freeze_attention=True``.
         targets: Features whose pre-activations to record (clean and after), as
             ``(layer, position, feature)`` triples, a DataFrame with those columns, or an
-            attribution graph (all its feature nodes).
+            attribution graph: all its feature nodes, and what its target nodes read (logits,
+            logit differences, directions at the unembedding's input or at hooks), in
+            :attr:`InterventionResult.target_values`.
 
     Returns:
         An :class:`InterventionResult`.
@@ -246,7 +254,9 @@ def intervene(
     n_layers, n_pos = ts.n_layers, len(tokens)
     table = parse_interventions(interventions, n_layers=n_layers, n_pos=n_pos, d_sae=ts.d_sae)
     tgt = parse_targets(targets, n_layers=n_layers, n_pos=n_pos, d_sae=ts.d_sae)
-    clean = clean_run(model, tokens, resolved, freeze=freeze_attention)
+    read_targets = _graph_targets(targets)
+    reads = _read_sites(read_targets)
+    clean = clean_run(model, tokens, resolved, freeze=freeze_attention, record=reads)
     plan = make_plan(table, clean, resolved)
     by_layer = {
         layer: (
@@ -265,6 +275,7 @@ def intervene(
         freeze=freeze_attention,
         targets=by_layer,
         record=record,
+        reads=reads,
     )
     device = model.W_E.device
     with torch.no_grad(), scoped_hooks(model, hooks):
@@ -281,6 +292,8 @@ def intervene(
             new_pre[rows] = record.pre[layer].double().cpu().numpy()
     pre["clean_pre_activation"] = clean_pre
     pre["pre_activation"] = new_pre
+    clean_reads = {name: t[0] for name, t in clean.extra.items()}
+    target_values = _target_values(model, read_targets, clean_reads, record.reads)
     logger.info(
         "intervened on %d features (%s) over %d tokens",
         len(table),
@@ -298,9 +311,50 @@ def intervene(
         clean_activations={layer: a.cpu() for layer, a in enumerate(clean.acts)},
         pre_activations=pre,
         interventions=plan.table,
+        target_values=target_values,
         settings={"freeze_attention": freeze_attention, "direct_effects": direct_effects},
         tokenizer=getattr(model, "tokenizer", None),
     )
+
+
+def _graph_targets(targets: Any) -> list[tuple[int, str, dict[str, Any]]]:
+    """``(node, label, description)`` of each target node of a graph given as ``targets``."""
+    if not isinstance(targets, AttributionGraph):
+        return []
+    described = targets.metadata.get("targets")
+    idx = targets.target_indices
+    if not isinstance(described, list) or len(described) != len(idx):
+        return []  # a graph from before custom targets: its logits are compared by logit_changes
+    labels = targets.targets["label"].tolist()
+    return [(int(i), str(lab), d) for i, lab, d in zip(idx, labels, described, strict=True)]
+
+
+def _read_sites(read_targets: list[tuple[int, str, dict[str, Any]]]) -> list[HookSite | str]:
+    hooks = sorted({d["hook"] for _, _, d in read_targets if d.get("hook") is not None})
+    return [unembed_input_site(), *hooks] if read_targets else []
+
+
+def _target_values(
+    model: HookedTransformer,
+    read_targets: list[tuple[int, str, dict[str, Any]]],
+    clean_reads: Mapping[str, torch.Tensor],
+    reads: Mapping[str, torch.Tensor],
+) -> pd.DataFrame:
+    reader = TargetReader(model)
+    rows = []
+    for node, label, d in read_targets:
+        site, pos = d.get("hook") or unembed_input_site().name, int(d["position"])
+        rows.append(
+            {
+                "node": node,
+                "label": label,
+                "kind": d["kind"],
+                "clean_value": reader.value(d, clean_reads[site][pos]),
+                "value": reader.value(d, reads[site][pos]),
+            }
+        )
+    columns = ["node", "label", "kind", "clean_value", "value"]
+    return pd.DataFrame(rows, columns=columns)
 
 
 # --------------------------------------------------------------------------------------------
@@ -319,7 +373,7 @@ def _graph_feature_index(graph: AttributionGraph) -> dict[tuple[int, int, int], 
 
 
 def predict_changes(graph: AttributionGraph, interventions: pd.DataFrame) -> pd.DataFrame:
-    """What the graph predicts an intervention does to every feature and logit node.
+    """What the graph predicts an intervention does to every feature and target node.
 
     Uses ``delta_t = sum_s adjacency[t, s] * (new_s - a_s) / a_s`` over the intervened sources;
     exact for the graph's frozen linear model (:func:`intervene` with ``direct_effects=True``).
@@ -330,7 +384,7 @@ def predict_changes(graph: AttributionGraph, interventions: pd.DataFrame) -> pd.
             (as in ``InterventionResult.interventions``) or ``value`` / ``scale``.
 
     Returns:
-        DataFrame of the graph's feature and logit nodes: ``node``, ``kind``, ``layer``,
+        DataFrame of the graph's feature and target nodes: ``node``, ``kind``, ``layer``,
         ``position``, ``feature``, ``token_id``, ``predicted``.
 
     Raises:
@@ -368,7 +422,7 @@ def predict_changes(graph: AttributionGraph, interventions: pd.DataFrame) -> pd.
         coef[node] += (new - a) / a
     predicted = graph.adjacency.astype(np.float64) @ coef
     kinds = graph.nodes["kind"].astype(str).to_numpy()
-    sel = np.flatnonzero((kinds == "feature") | (kinds == "logit"))
+    sel = np.flatnonzero(np.isin(kinds, ("feature", *TARGET_KINDS)))
     cols = ["kind", "layer", "position", "feature", "token_id"]
     out = graph.nodes.iloc[sel][cols].reset_index(drop=True)
     out.insert(0, "node", sel.astype(np.int64))
@@ -379,9 +433,11 @@ def predict_changes(graph: AttributionGraph, interventions: pd.DataFrame) -> pd.
 def compare_with_graph(result: InterventionResult, graph: AttributionGraph) -> pd.DataFrame:
     """The graph's predicted change of each target next to the change :func:`intervene` measured.
 
-    Feature targets compare pre-activations (recorded for the ``targets`` given to
-    :func:`intervene`; NaN for the others), logit targets the demeaned pre-softcap logits. The
-    two agree (to float rounding) when ``result`` came from ``direct_effects=True``.
+    Feature nodes compare pre-activations (recorded for the ``targets`` given to
+    :func:`intervene`; NaN for the others), target nodes what they read (with
+    ``intervene(..., targets=graph)``; else logits at the last position compare the demeaned
+    pre-softcap logits and custom targets are NaN). The two agree (to float rounding) when
+    ``result`` came from ``direct_effects=True``.
 
     Args:
         result: An intervention on the graph's prompt.
@@ -414,12 +470,17 @@ def compare_with_graph(result: InterventionResult, graph: AttributionGraph) -> p
         )
     )
     changes = result.logit_changes.numpy()
+    tv = result.target_values
+    read = dict(zip(tv["node"], tv["value"] - tv["clean_value"], strict=True)) if len(tv) else {}
+    last = len(result.tokens) - 1
     out = np.full(len(table), np.nan)
-    cols = (table[c].tolist() for c in ("kind", "layer", "position", "feature", "token_id"))
-    for i, (kind, layer, pos, feat, token) in enumerate(zip(*cols, strict=True)):
-        if kind == "logit":
+    cols = (table[c].tolist() for c in ("node", "kind", "layer", "position", "feature", "token_id"))
+    for i, (node, kind, layer, pos, feat, token) in enumerate(zip(*cols, strict=True)):
+        if node in read:
+            out[i] = read[node]
+        elif kind == "logit" and int(pos) == last:
             out[i] = changes[int(token)]
-        else:
+        elif kind == "feature":
             out[i] = measured.get((int(layer), int(pos), int(feat)), np.nan)
     table["measured"] = out
     return table

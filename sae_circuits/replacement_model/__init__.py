@@ -12,7 +12,13 @@ Example:
     >>> clean = clean_run(model, tokens, check_compatible(model, transcoders), freeze=True)
 """
 
-from sae_circuits.replacement_model._clean import FROZEN_SUFFIXES, CleanRun, clean_run, unembed_site
+from sae_circuits.replacement_model._clean import (
+    FROZEN_SUFFIXES,
+    CleanRun,
+    clean_run,
+    unembed_input_site,
+    unembed_site,
+)
 from sae_circuits.replacement_model._replacement import ReplacementState, replacement
 from sae_circuits.replacement_model._semantics import ReplacementSemantics
 
@@ -23,5 +29,6 @@ __all__ = [
     "ReplacementState",
     "clean_run",
     "replacement",
+    "unembed_input_site",
     "unembed_site",
 ]

@@ -19,7 +19,7 @@ from sae_circuits.core.hooks import HookSite, scoped_hooks
 from sae_circuits.replacement_model._semantics import ReplacementSemantics
 from sae_circuits.transcoders import ResolvedTranscoders
 
-__all__ = ["FROZEN_SUFFIXES", "CleanRun", "clean_run", "unembed_site"]
+__all__ = ["FROZEN_SUFFIXES", "CleanRun", "clean_run", "unembed_input_site", "unembed_site"]
 
 #: Hook points whose clean values the frozen model keeps: attention patterns and norm scales.
 FROZEN_SUFFIXES = ("hook_pattern", "hook_scale")
@@ -69,7 +69,13 @@ class CleanRun:
 
 
 def unembed_site() -> HookSite:
+    """The unembedding's output: the logits before any soft-cap."""
     return HookSite("unembed.output", None, "unembed", "post")
+
+
+def unembed_input_site() -> HookSite:
+    """The unembedding's input: the residual stream after the final norm (what targets read)."""
+    return HookSite("unembed.input", None, "unembed", "pre")
 
 
 def clean_run(
@@ -78,7 +84,7 @@ def clean_run(
     resolved: ResolvedTranscoders,
     *,
     freeze: bool,
-    record: Sequence[str] = (),
+    record: Sequence[str | HookSite] = (),
     last_logits_only: bool = False,
     attention_sink: bool = False,
 ) -> CleanRun:
@@ -89,7 +95,8 @@ def clean_run(
         tokens: ``(n,)`` token ids.
         resolved: Transcoders checked against the model.
         freeze: Also record every attention pattern and norm scale.
-        record: Other hook names whose activations to keep (in :attr:`CleanRun.extra`).
+        record: Other hooks (names or sites) whose activations to keep (in
+            :attr:`CleanRun.extra`, by name).
         last_logits_only: Keep only the last position's logits.
         attention_sink: Zero the features at position 0 (they are then neither recorded nor
             decoded).
@@ -129,8 +136,9 @@ def clean_run(
     hooks += [(site, keep(out, layer)) for layer, site in enumerate(resolved.outputs)]
     hooks.append((unembed_site(), unembed))
     extra: dict[str, torch.Tensor] = {}
-    for name in record:
-        hooks.append((name, lambda t, name=name: extra.__setitem__(name, t.detach())))
+    for site in record:
+        name = site.name if isinstance(site, HookSite) else site
+        hooks.append((site, lambda t, name=name: extra.__setitem__(name, t.detach())))
     device = model.W_E.device
     with torch.no_grad(), scoped_hooks(model, hooks):
         logits = model(tokens[None].to(device), return_type="logits")[0]

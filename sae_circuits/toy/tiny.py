@@ -21,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
@@ -32,10 +33,12 @@ from sae_circuits.toy.tokenizer import word_tokenizer
 if TYPE_CHECKING:
     from sae_circuits.transcoders.clt_sae import CrossLayerTranscoder
 
-__all__ = ["ARCHS", "HOOKS", "tiny_clt", "tiny_model", "tiny_transcoders"]
+__all__ = ["ARCHS", "HOOKS", "KINDS", "tiny_clt", "tiny_model", "tiny_transcoders"]
 
 Arch = Literal["gpt2", "llama", "gemma2"]
-Kind = Literal["relu", "jumprelu", "skip", "jumprelu_skip"]
+Kind = Literal["relu", "jumprelu", "skip", "jumprelu_skip", "topk"]
+#: The transcoder kinds :func:`tiny_transcoders` builds.
+KINDS: tuple[str, ...] = ("relu", "jumprelu", "skip", "jumprelu_skip", "topk")
 
 #: HookedTransformerConfig keyword arguments of each style (sizes are filled in by tiny_model).
 ARCHS: dict[str, dict[str, Any]] = {
@@ -143,22 +146,36 @@ def tiny_transcoders(
     density: float = 0.05,
     calibration_tokens: torch.Tensor | None = None,
     hooks: tuple[str, str] | None = None,
+    k: int | None = None,
 ) -> list[Transcoder]:
     """Random SAELens transcoders for every layer of ``model``, with hooks in their metadata.
 
     Args:
         model: A model from :func:`tiny_model` (or any small ``HookedTransformer``).
-        kind: ``"relu"`` (``Transcoder``), ``"jumprelu"``, ``"skip"`` or ``"jumprelu_skip"``
-            (SAELens' ``JumpReLUSkipTranscoder``, as Gemma Scope 2's ``*_affine`` releases).
+        kind: ``"relu"`` (``Transcoder``), ``"jumprelu"``, ``"skip"``, ``"jumprelu_skip"``
+            (SAELens' ``JumpReLUSkipTranscoder``, as Gemma Scope 2's ``*_affine`` releases) or
+            ``"topk"`` (:class:`~sae_circuits.transcoders.TopKTranscoder`).
         seed: Seed of the weights.
         d_sae: Features per layer.
-        density: About this fraction of features fire on ``calibration_tokens``.
+        density: About this fraction of features have a positive pre-activation on
+            ``calibration_tokens`` (they fire, except for TopK, which keeps ``k`` of them).
         calibration_tokens: ``(n,)`` ids used to set encoder biases; default a random prompt.
         hooks: ``(input, output)`` hook suffixes; default the architecture's (:data:`HOOKS`).
+        k: ``"topk"`` only: features kept per position; default ``ceil(density * d_sae / 2)``
+            (4 of 128), about half of those with a positive pre-activation, so that the
+            selection drops positive features at most positions (and keeps the largest negative
+            ones where fewer than ``k`` are positive).
 
     Returns:
         One SAELens transcoder per layer (index = layer).
+
+    Raises:
+        ValueError: Unknown ``kind``, or ``k`` given for another kind.
     """
+    if kind not in KINDS:
+        raise ValueError(f"unknown transcoder kind {kind!r}; valid choices: {', '.join(KINDS)}")
+    if k is not None and kind != "topk":
+        raise ValueError(f"k is for kind 'topk' only, got kind {kind!r}")
     cfg = model.cfg
     style = (
         "gemma2"
@@ -181,11 +198,14 @@ def tiny_transcoders(
     with torch.no_grad(), scoped_hooks(model, handles):
         model(calibration_tokens[None])
     jumprelu, skip = kind in ("jumprelu", "jumprelu_skip"), kind in ("skip", "jumprelu_skip")
-    cls, ccls = transcoder_classes(jumprelu=jumprelu, skip=skip)
+    cls, ccls = transcoder_classes(jumprelu=jumprelu, skip=skip, topk=kind == "topk")
+    extra: dict[str, Any] = {}
+    if kind == "topk":
+        extra["k"] = k if k is not None else max(1, math.ceil(density * d_sae / 2))
     d = cfg.d_model
     out = []
     for layer in range(cfg.n_layers):
-        c = ccls(d_in=d, d_sae=d_sae, d_out=d, apply_b_dec_to_input=False)
+        c = ccls(d_in=d, d_sae=d_sae, d_out=d, apply_b_dec_to_input=False, **extra)
         c.metadata.hook_name = f"blocks.{layer}.{hin}"
         c.metadata.hook_name_out = f"blocks.{layer}.{hout}"
         tc = cls(c)
@@ -221,9 +241,15 @@ def tiny_clt(transcoders: list[Transcoder], *, seed: int = 0) -> CrossLayerTrans
         A :class:`~sae_circuits.transcoders.clt_sae.CrossLayerTranscoder` with ``{layer}`` hook
         templates taken from the per-layer transcoders.
     """
+    from sae_circuits.transcoders import TopKTranscoder
     from sae_circuits.transcoders.clt_sae import CrossLayerTranscoder, CrossLayerTranscoderConfig
 
     first = transcoders[0]
+    if isinstance(first, TopKTranscoder):
+        raise ValueError(
+            "tiny_clt: cross-layer transcoders are ReLU or JumpReLU; build it on 'relu' or "
+            "'jumprelu' transcoders, not TopK ones"
+        )
     jumprelu = isinstance(first, JumpReLUTranscoder)
     n_layers, d, n_features = len(transcoders), first.cfg.d_in, first.cfg.d_sae
     cfg = CrossLayerTranscoderConfig(

@@ -1,7 +1,8 @@
 """Transcoders: SAELens objects, the sets that cover a model, their configs and loading.
 
-Floor 1 of the package (above :mod:`sae_circuits.core`): per-layer SAELens transcoders and the
-cross-layer transcoder (an SAELens architecture registered in :mod:`._registry`), grouped into a
+Floor 1 of the package (above :mod:`sae_circuits.core`): per-layer SAELens transcoders, the
+TopK transcoder and the cross-layer transcoder (SAELens architectures registered in
+:mod:`._registry`), grouped into a
 :class:`TranscoderSet`; configs for public releases; loading from folders, the SAELens registry
 and the hub; and the one check that a set fits a model (:func:`check_compatible`,
 :func:`check_transcoders_match`).
@@ -11,7 +12,7 @@ Example:
     >>> check_compatible(model, ts).inputs[0].name
 """
 
-from sae_circuits.transcoders import _registry  # noqa: F401  (registers the CLT with SAELens)
+from sae_circuits.transcoders import _registry  # noqa: F401  (registers CLT, TopK with SAELens)
 from sae_circuits.transcoders._fit import (
     ResolvedTranscoders,
     Sizes,
@@ -37,9 +38,16 @@ from sae_circuits.transcoders.configs import (
 )
 from sae_circuits.transcoders.loading import load_transcoders
 from sae_circuits.transcoders.sets import PerLayerTranscoderSet, TranscoderSet
+from sae_circuits.transcoders.topk import ARCHITECTURE as TOPK_ARCHITECTURE
+from sae_circuits.transcoders.topk import (
+    TopKTranscoder,
+    TopKTranscoderConfig,
+    topk_activation,
+)
 
 __all__ = [
     "CLT_ARCHITECTURE",
+    "TOPK_ARCHITECTURE",
     "TRANSCODERS_DIR_ENV",
     "CrossLayerTranscoder",
     "CrossLayerTranscoderConfig",
@@ -47,6 +55,8 @@ __all__ = [
     "PerLayerTranscoderSet",
     "ResolvedTranscoders",
     "Sizes",
+    "TopKTranscoder",
+    "TopKTranscoderConfig",
     "TranscoderSet",
     "TranscoderSetConfig",
     "WeightsUnavailableError",
@@ -56,5 +66,6 @@ __all__ = [
     "list_configs",
     "load_config",
     "load_transcoders",
+    "topk_activation",
     "transcoder_classes",
 ]

@@ -7,14 +7,18 @@ Formats (``source.format`` of a transcoder config):
   ``(F, d_out)`` (some releases, e.g. ``mntss/skip-transcoder-Llama-3.2-1B-131k-nobos``, store
   ``(d_out, F)``; the orientation is read from the shapes), ``b_enc`` ``(F,)``, ``b_dec``
   ``(d_out,)``, optional ``W_skip`` ``(d_out, d_in)`` (skip ``x @ W_skip.T``) and optional
-  ``activation_function.threshold`` / ``threshold`` ``(F,)`` (JumpReLU);
+  ``activation_function.threshold`` / ``threshold`` ``(F,)`` (JumpReLU). A TopK release
+  (``facebook/crv-8b-instruct-transcoders``) has the same four tensors; that it is TopK, and its
+  ``k``, come from the release's ``config.yaml`` or the transcoder config (``topk=``), or from a
+  scalar integer tensor ``k`` that circuit-tracer's ``to_safetensors`` writes for TopK layers;
 * ``gemmascope_npz``: GemmaScope's ``params.npz``: ``W_enc`` ``(d_in, F)``, ``W_dec``
   ``(F, d_out)``, ``b_enc``, ``b_dec``, ``threshold`` (JumpReLU);
 * ``saelens``: a folder with ``cfg.json`` + ``sae_weights.safetensors`` (``SAE.load_from_disk``).
 
 The result is a SAELens ``Transcoder`` / ``SkipTranscoder`` / ``JumpReLUTranscoder`` /
-``JumpReLUSkipTranscoder`` in SAELens' orientation (``W_enc`` ``(d_in, F)``, ``W_dec``
-``(F, d_out)``), with the hooks, model name and Neuronpedia id in ``cfg.metadata``.
+``JumpReLUSkipTranscoder`` or a :class:`~sae_circuits.transcoders.topk.TopKTranscoder` in
+SAELens' orientation (``W_enc`` ``(d_in, F)``, ``W_dec`` ``(F, d_out)``), with the hooks, model
+name and Neuronpedia id in ``cfg.metadata``.
 
 Example:
     >>> tc = read_layer(Path("layer_3.safetensors"), "circuit_tracer", meta, device="cpu",
@@ -45,6 +49,8 @@ from sae_lens import (
 )
 from safetensors.torch import load_file
 
+from sae_circuits.transcoders.topk import TopKTranscoder, TopKTranscoderConfig
+
 __all__ = ["SAELENS_FILES", "LayerMeta", "read_layer", "transcoder_classes"]
 
 #: How SAELens' conversion functions lay out one sae_id's files: (format, file of ``path``).
@@ -56,7 +62,7 @@ SAELENS_FILES: dict[str | None, tuple[str, str]] = {
 }
 
 _THRESHOLD_KEYS = ("activation_function.threshold", "threshold")
-_KNOWN = {"W_enc", "W_dec", "b_enc", "b_dec", "W_skip", *_THRESHOLD_KEYS}
+_KNOWN = {"W_enc", "W_dec", "b_enc", "b_dec", "W_skip", "k", *_THRESHOLD_KEYS}
 
 
 @dataclass(frozen=True)
@@ -78,7 +84,15 @@ class LayerMeta:
     neuronpedia_id: str | None = None
 
 
-def read_layer(path: Path, fmt: str, meta: LayerMeta, *, device: str, dtype: str) -> Transcoder:
+def read_layer(
+    path: Path,
+    fmt: str,
+    meta: LayerMeta,
+    *,
+    device: str,
+    dtype: str,
+    topk: int | None = None,
+) -> Transcoder:
     """One layer's transcoder from a file (or a folder for ``fmt="saelens"``).
 
     Args:
@@ -87,13 +101,23 @@ def read_layer(path: Path, fmt: str, meta: LayerMeta, *, device: str, dtype: str
         meta: Layer, model and hooks to record in ``cfg.metadata``.
         device: Device of the weights.
         dtype: e.g. ``"float32"``.
+        topk: ``circuit_tracer`` only: the layer is a TopK transcoder keeping this many features
+            (a ``TopKTranscoder``); ``None``: ReLU or JumpReLU, as the file says (or TopK if the
+            file holds a ``k`` tensor).
 
     Returns:
         The SAELens transcoder.
 
     Raises:
-        ValueError: Missing or unknown tensors, or shapes that do not fit (naming the file).
+        ValueError: Missing or unknown tensors, shapes that do not fit, a ``k`` out of
+            ``1..d_sae`` or disagreeing with ``topk``, a TopK file with a threshold or a skip
+            connection (the message names the file).
     """
+    if topk is not None and fmt != "circuit_tracer":
+        raise ValueError(
+            f"{str(path)!r}: topk= is for the circuit_tracer format, not {fmt!r} (a SAELens "
+            "folder's cfg.json names its own architecture and k)"
+        )
     if fmt == "saelens":
         sae = SAE.load_from_disk(path, device=device, dtype=dtype)
         if not isinstance(sae, Transcoder):
@@ -109,7 +133,7 @@ def read_layer(path: Path, fmt: str, meta: LayerMeta, *, device: str, dtype: str
         native_enc = "F_first"
     else:
         raise ValueError(f"unknown transcoder file format {fmt!r}")
-    return _build(tensors, path, native_enc, meta, device=device, dtype=dtype)
+    return _build(tensors, path, native_enc, meta, device=device, dtype=dtype, topk=topk)
 
 
 def _orient(
@@ -135,6 +159,7 @@ def _build(
     *,
     device: str,
     dtype: str,
+    topk: int | None = None,
 ) -> Transcoder:
     where = str(path)
     if "log_thresholds" in tensors:
@@ -184,16 +209,24 @@ def _build(
         raise ValueError(
             f"{where!r}: {exc} (d_sae {F} from b_enc, d_out {d_out} from b_dec)"
         ) from exc
-    cls, cfg_cls = transcoder_classes(jumprelu="threshold" in state, skip="W_skip" in state)
-    cfg = cfg_cls(
-        d_in=d_in,
-        d_sae=F,
-        d_out=d_out,
-        dtype=dtype,
-        device="meta",
-        apply_b_dec_to_input=False,
-        normalize_activations="none",
+    topk = _topk_of(tensors, topk, state, where)
+    extra: dict[str, Any] = {} if topk is None else {"k": topk}
+    cls, cfg_cls = transcoder_classes(
+        jumprelu="threshold" in state, skip="W_skip" in state, topk=topk is not None
     )
+    try:
+        cfg = cfg_cls(
+            d_in=d_in,
+            d_sae=F,
+            d_out=d_out,
+            dtype=dtype,
+            device="meta",
+            apply_b_dec_to_input=False,
+            normalize_activations="none",
+            **extra,
+        )
+    except ValueError as exc:
+        raise ValueError(f"{where!r}: {exc} (d_sae {F} from b_enc)") from exc
     sae = cls(cfg)  # on the meta device: no memory for random initial weights
     sae.cfg.device = device
     sae.process_state_dict_for_loading(state)
@@ -203,10 +236,64 @@ def _build(
     return sae
 
 
+def _topk_of(
+    tensors: Mapping[str, torch.Tensor],
+    topk: int | None,
+    state: Mapping[str, torch.Tensor],
+    where: str,
+) -> int | None:
+    """The layer's ``k`` (``None``: not TopK) from ``topk=`` and the file's ``k`` tensor."""
+    if "k" in tensors:
+        t = tensors["k"]
+        if t.numel() != 1 or t.dtype.is_floating_point or t.dtype == torch.bool:
+            raise ValueError(
+                f"{where!r}: tensor 'k' must be one integer (the TopK k, as circuit-tracer writes "
+                f"it), got shape {tuple(t.shape)} and dtype {t.dtype}"
+            )
+        k_file = int(t.item())
+        if topk is not None and topk != k_file:
+            raise ValueError(
+                f"{where!r}: the file's k = {k_file} disagrees with the config's k = {topk}"
+            )
+        topk = k_file
+    if topk is None:
+        return None
+    if "threshold" in state:
+        raise ValueError(
+            f"{where!r}: a TopK transcoder (k = {topk}) has no JumpReLU threshold, but the file "
+            f"holds {next(k for k in _THRESHOLD_KEYS if k in tensors)!r}"
+        )
+    if "W_skip" in state:
+        raise ValueError(
+            f"{where!r}: TopK transcoders with a skip connection (W_skip) are not supported"
+        )
+    return topk
+
+
 def transcoder_classes(
-    *, jumprelu: bool, skip: bool
+    *, jumprelu: bool, skip: bool, topk: bool = False
 ) -> tuple[type[Transcoder], type[TranscoderConfig]]:
-    """SAELens's transcoder class and config class for a JumpReLU and/or skip transcoder."""
+    """The transcoder class and config class of a kind.
+
+    Args:
+        jumprelu: JumpReLU (a threshold per feature).
+        skip: With a linear skip connection.
+        topk: TopK (:class:`~sae_circuits.transcoders.topk.TopKTranscoder`; its config needs
+            ``k``); neither JumpReLU nor skip.
+
+    Returns:
+        ``(SAE class, config class)``: SAELens' ``Transcoder`` / ``JumpReLUTranscoder`` /
+        ``SkipTranscoder`` / ``JumpReLUSkipTranscoder`` or ``TopKTranscoder``.
+
+    Raises:
+        ValueError: ``topk`` together with ``jumprelu`` or ``skip``.
+    """
+    if topk:
+        if jumprelu or skip:
+            raise ValueError(
+                "TopK transcoders have neither a JumpReLU threshold nor a skip connection"
+            )
+        return TopKTranscoder, TopKTranscoderConfig
     return _KINDS[(jumprelu, skip)]
 
 

@@ -7,7 +7,9 @@ Routes, by the config's source:
   Hugging Face cache SAELens uses) so that a missing file is reported by name. With a local copy
   (``local_dir=`` / ``SAE_CIRCUITS_TRANSCODERS_DIR``) the same files are read by our own readers
   (:mod:`sae_circuits.transcoders._formats`), as SAELens cannot read a local copy of a release.
-* Hugging Face repository: per-layer files through ``hf_hub_download`` and our readers; a CLT
+* Hugging Face repository: per-layer files through ``hf_hub_download`` and our readers (for the
+  ``circuit_tracer`` format also the release's ``config.yaml`` next to them, when there is one:
+  its ``activation: topk`` and ``k`` make the layers TopK transcoders, :func:`release_topk`); a CLT
   folder (``W_enc_{l}`` / ``W_dec_{l}.safetensors`` for ``l < n_layers``) file by file, then
   :meth:`CrossLayerTranscoderSet.from_folder` on the snapshot folder.
 * Local folder or package data: ``load_transcoders(folder)``.
@@ -23,11 +25,13 @@ from __future__ import annotations
 
 import logging
 import os
+import posixpath
 import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from sae_lens import SAE, Transcoder
 
 from sae_circuits.core.devices import default_device
@@ -46,7 +50,7 @@ from sae_circuits.transcoders.configs import (
 )
 from sae_circuits.transcoders.sets import PerLayerTranscoderSet, TranscoderSet
 
-__all__ = ["load_from_config"]
+__all__ = ["load_from_config", "release_topk"]
 
 logger = logging.getLogger(__name__)
 
@@ -101,8 +105,9 @@ def load_from_config(
             dtype=dtype,
         )
     else:
+        topk = release_topk(config, fetch)
         layers = [
-            _layer(config, layer, fetch, hooks_in, hooks_out, device, dtype_name or "float32")
+            _layer(config, layer, fetch, hooks_in, hooks_out, device, dtype_name or "float32", topk)
             for layer in range(config.n_layers)
         ]
         ts = PerLayerTranscoderSet(layers, input_hook=hooks_in, output_hook=hooks_out)
@@ -141,15 +146,84 @@ def _layer(
     hout: str,
     device: str,
     dtype: str,
+    topk: int | None = None,
 ) -> Transcoder:
     src = config.source
     meta = _meta(config, layer, hin, hout)
     if isinstance(src, HubSource):
         assert src.format is not None
         path = _per_layer_path(src, layer, fetch)
-        return read_layer(path, src.format, meta, device=device, dtype=dtype)
+        return read_layer(path, src.format, meta, device=device, dtype=dtype, topk=topk)
     assert isinstance(src, SAELensSource)
     return _saelens_layer(config, src, layer, fetch, meta, device, dtype)
+
+
+def release_topk(config: TranscoderSetConfig, fetch: Fetcher) -> int | None:
+    """The ``k`` of a TopK release in circuit-tracer's format, or ``None`` if it is not TopK.
+
+    circuit-tracer describes a per-layer release by a ``config.yaml`` next to its
+    ``layer_{l}.safetensors`` files; a TopK release says ``activation: topk`` there and gives ``k``
+    (``facebook/crv-8b-instruct-transcoders`` gives no ``k``; circuit-tracer hardcodes 128 for it,
+    our config gives ``source.k: 128``). That file is read when the repository (or the local copy)
+    has it; the config's ``source.activation`` / ``source.k`` must agree with it and fill in what
+    it leaves out.
+
+    Args:
+        config: A per-layer config (other sources give ``None``).
+        fetch: Where the files come from.
+
+    Returns:
+        ``k``, or ``None`` for ReLU / JumpReLU layers.
+
+    Raises:
+        ValueError: The two disagree (activation or ``k``), the release's ``k`` is not a positive
+            integer, or a TopK release has no ``k`` anywhere (the message names both places).
+    """
+    src = config.source
+    if not isinstance(src, HubSource) or src.format != "circuit_tracer" or src.files is None:
+        return None
+    folder = posixpath.dirname(src.files)
+    name = posixpath.join(folder, "config.yaml") if folder else "config.yaml"
+    release: dict[str, Any] = {}
+    where = f"the release's {name} ({src.repo})"
+    try:
+        path = fetch.file(src.repo, name, src.revision)
+    except WeightsUnavailableError:
+        logger.debug(
+            "%s: no %s; the activation is what the config and the files say", src.repo, name
+        )
+        where = f"the release's {name} ({src.repo}: not in the repository)"
+    else:
+        try:
+            raw = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise ValueError(f"{str(path)!r} ({src.repo}/{name}): not valid YAML: {exc}") from exc
+        release = raw if isinstance(raw, dict) else {}
+    act, k = release.get("activation"), release.get("k")
+    if act is not None and act != "topk" and src.activation == "topk":
+        raise ValueError(
+            f"{config.where}: source.activation is 'topk' but {where} says activation: {act!r}"
+        )
+    if act != "topk" and src.activation != "topk":
+        return None
+    if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k <= 0):
+        raise ValueError(f"{where}: k must be a positive integer, got {k!r}")
+    if src.k is not None and k is not None and src.k != k:
+        raise ValueError(f"{config.where}: source.k = {src.k} but {where} says k: {k}")
+    k = src.k if src.k is not None else k
+    if k is None:
+        said = (
+            f"{where} says activation: topk but gives no k, and the config has no source.k"
+            if act == "topk"
+            else f"source.activation is topk but neither source.k nor {where} gives k"
+        )
+        raise ValueError(
+            f"{config.where}: missing k: {said}; set source.k to the number of features the "
+            "release keeps per position (an integer in 1..d_sae)"
+        )
+    if src.activation is None:
+        logger.info("%s says activation: topk (k = %d): loading TopK transcoders", where, k)
+    return k
 
 
 def _per_layer_path(src: HubSource, layer: int, fetch: Fetcher) -> Path:

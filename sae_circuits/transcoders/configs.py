@@ -77,12 +77,15 @@ CONFIG_PACKAGE = "transcoder_configs"
 Kind = Literal["per_layer", "cross_layer"]
 #: File formats of per-layer files in a Hugging Face repository (``source.format``).
 LayerFormat = Literal["circuit_tracer", "gemmascope_npz", "saelens"]
+#: Activations a ``circuit_tracer`` source may declare (``source.activation``); ReLU and JumpReLU
+#: are read from the files (a threshold tensor or none).
+SourceActivation = Literal["topk"]
 
 _TOP_REQUIRED = ("description", "model", "kind", "n_layers", "hooks", "source")
 _TOP_OPTIONAL = ("d_model", "neuronpedia", "model_kwargs")
 _SOURCE_KEYS = {
     "saelens": (("saelens_release", "sae_ids"), ()),
-    "hub": (("repo",), ("revision", "files", "format", "subfolder")),
+    "hub": (("repo",), ("revision", "files", "format", "subfolder", "activation", "k")),
     "local": (("path",), ("package",)),
 }
 
@@ -124,6 +127,12 @@ class HubSource:
             (e.g. ``"layer_{layer}.safetensors"``; a folder for ``format: saelens``).
         format: Per-layer only: how those files are written (see :data:`LayerFormat`).
         subfolder: Cross-layer only: the folder of the CLT inside the repository.
+        activation: ``format: circuit_tracer`` only: ``"topk"`` for TopK transcoders (as
+            circuit-tracer's ``activation: topk`` in the release's ``config.yaml``, which is read
+            too when present); ``None``: what the release's ``config.yaml`` says, else ReLU or
+            JumpReLU as the files say.
+        k: With ``activation: topk``: features kept per position (circuit-tracer's ``k``); needed
+            when the release's ``config.yaml`` does not give it.
     """
 
     repo: str
@@ -131,6 +140,8 @@ class HubSource:
     files: str | None = None
     format: LayerFormat | None = None
     subfolder: str | None = None
+    activation: SourceActivation | None = None
+    k: int | None = None
 
     def layer_file(self, layer: int) -> str:
         """The repository path of ``layer``'s file (per-layer sources)."""
@@ -336,12 +347,20 @@ def _source(raw: Any, where: str, kind: Kind, n_layers: int) -> Source:
     revision = raw.get("revision")
     if revision is not None and not isinstance(revision, str):
         revision = str(revision)  # e.g. a numeric tag
+    k = raw.get("k")
+    if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k <= 0):
+        raise _fail(
+            where,
+            f"source.k must be a positive integer (the TopK k, at most d_sae), got {k!r}",
+        )
     src = HubSource(
         repo=_str(raw, "repo", where, "source"),
         revision=revision,
         files=_opt_str(raw, "files", where, "source"),
         format=_opt_str(raw, "format", where, "source"),  # type: ignore[arg-type]
         subfolder=_opt_str(raw, "subfolder", where, "source"),
+        activation=_opt_str(raw, "activation", where, "source"),  # type: ignore[arg-type]
+        k=k,
     )
     if src.repo.count("/") != 1:
         raise _fail(where, f"source.repo must be 'org/name', got {src.repo!r}")
@@ -359,6 +378,13 @@ def _source(raw: Any, where: str, kind: Kind, n_layers: int) -> Source:
             )
         if src.subfolder is not None:
             raise _fail(where, "source.subfolder is for cross_layer sources; put it in 'files'")
+        _check_activation(src, where)
+    elif src.activation is not None or src.k is not None:
+        raise _fail(
+            where,
+            "source.activation and source.k are for per_layer sources in format circuit_tracer "
+            "(cross-layer transcoders are ReLU or JumpReLU, read from their files)",
+        )
     elif src.files is not None or src.format is not None:
         raise _fail(
             where,
@@ -367,6 +393,26 @@ def _source(raw: Any, where: str, kind: Kind, n_layers: int) -> Source:
             "(use 'subfolder' for a folder inside the repository)",
         )
     return src
+
+
+def _check_activation(src: HubSource, where: str) -> None:
+    """``source.activation`` / ``source.k`` of a per-layer Hugging Face source."""
+    if src.activation is not None:
+        valid = get_args(SourceActivation)
+        if src.activation not in valid:
+            raise _fail(
+                where,
+                f"source.activation is {src.activation!r}; valid: {', '.join(valid)} (ReLU and "
+                "JumpReLU need no key: they are read from the files)",
+            )
+        if src.format != "circuit_tracer":
+            raise _fail(
+                where,
+                f"source.activation is for format circuit_tracer, not {src.format!r} (a saelens "
+                "folder's cfg.json names its architecture and k)",
+            )
+    elif src.k is not None:
+        raise _fail(where, f"source.k ({src.k}) is given without source.activation: topk")
 
 
 def parse_config(raw: Any, *, name: str, path: Path | None = None) -> TranscoderSetConfig:
@@ -540,7 +586,8 @@ def _source_text(config: TranscoderSetConfig) -> str:
     if isinstance(src, HubSource):
         rev = f"@{src.revision}" if src.revision else ""
         sub = f"/{src.subfolder}" if src.subfolder else ""
-        return f"HF `{src.repo}{rev}{sub}`"
+        topk = f" (TopK, k = {src.k})" if src.activation == "topk" and src.k else ""
+        return f"HF `{src.repo}{rev}{sub}`{topk}"
     return f"package `{src.package}/{src.path}`" if src.package else f"folder `{src.path}`"
 
 

@@ -5,9 +5,11 @@ its input hook (e.g. ``blocks.l.mlp.hook_in``), computes sparse feature activati
 reconstructs what the MLP writes at its output hook (e.g. ``blocks.l.hook_mlp_out``).
 
 :class:`TranscoderSet` is the interface that replacement, attribution and interventions use;
-:class:`PerLayerTranscoderSet` implements it over SAELens ``Transcoder`` / ``SkipTranscoder`` / ``JumpReLUSkipTranscoder`` /
-``JumpReLUTranscoder`` objects (one per layer). A cross-layer transcoder, whose features write to
-their own layer and every later one, implements the same interface (see ``transcoders.clt``).
+:class:`PerLayerTranscoderSet` implements it over SAELens ``Transcoder`` / ``SkipTranscoder`` /
+``JumpReLUTranscoder`` / ``JumpReLUSkipTranscoder`` objects and this package's
+:class:`~sae_circuits.transcoders.topk.TopKTranscoder` (one per layer). A cross-layer
+transcoder, whose features write to their own layer and every later one, implements the same
+interface (see ``transcoders.clt``).
 
 Example:
     >>> from sae_lens import Transcoder
@@ -26,6 +28,7 @@ import torch
 from sae_lens import JumpReLUTranscoder, SkipTranscoder, Transcoder
 
 from sae_circuits.transcoders._sizes import Sizes
+from sae_circuits.transcoders.topk import TopKTranscoder, check_k, topk_activation
 
 __all__ = ["PerLayerTranscoderSet", "TranscoderSet"]
 
@@ -138,17 +141,23 @@ _SUPPORTED = (Transcoder,)
 class PerLayerTranscoderSet(TranscoderSet):
     """One SAELens transcoder per layer (index = layer).
 
+    Activations (:meth:`activation_fn`): ReLU for ``Transcoder`` / ``SkipTranscoder``;
+    ``relu(pre) * (pre > threshold)`` for the JumpReLU classes; for a ``TopKTranscoder`` the
+    ``k`` largest pre-activations of each position, unchanged, ties to the lowest feature index
+    (:func:`~sae_circuits.transcoders.topk.topk_activation`).
+
     Args:
-        transcoders: SAELens ``Transcoder``/``SkipTranscoder``/``JumpReLUTranscoder`` objects,
-            one per layer, in layer order.
+        transcoders: SAELens ``Transcoder`` objects (any subclass: ``SkipTranscoder``,
+            ``JumpReLUTranscoder``, ``JumpReLUSkipTranscoder``, ``TopKTranscoder``), one per
+            layer, in layer order.
         input_hook: Override of the input hook suffix for every layer (e.g. ``"mlp.hook_in"``);
             by default each transcoder's ``cfg.metadata.hook_name``.
         output_hook: Override of the output hook suffix; by default ``cfg.metadata.hook_name_out``.
 
     Raises:
         TypeError: An entry is not a SAELens transcoder.
-        ValueError: Empty input, a transcoder without hook names, widths that disagree,
-            or a normalisation SAELens applies at run time (which would make features nonlinear
+        ValueError: Empty input, a transcoder without hook names, widths that disagree, a TopK
+            transcoder whose ``k`` is not in ``1..d_sae`` (naming both), or a normalisation SAELens applies at run time (which would make features nonlinear
             in their input beyond the activation function).
     """
 
@@ -166,8 +175,9 @@ class PerLayerTranscoderSet(TranscoderSet):
         for layer, tc in enumerate(transcoders):
             if not isinstance(tc, _SUPPORTED):
                 raise TypeError(
-                    f"layer {layer}: expected a SAELens Transcoder, SkipTranscoder or "
-                    f"JumpReLUTranscoder, got {type(tc).__name__}"
+                    f"layer {layer}: expected a SAELens Transcoder (Transcoder, SkipTranscoder, "
+                    f"JumpReLUTranscoder, JumpReLUSkipTranscoder or TopKTranscoder), got "
+                    f"{type(tc).__name__}"
                 )
             norm = tc.cfg.normalize_activations
             if norm not in ("none", None):
@@ -177,6 +187,8 @@ class PerLayerTranscoderSet(TranscoderSet):
                     "function. Fold the normalisation into the weights first "
                     "(e.g. sae.fold_activation_norm_scaling_factor) or use 'none'."
                 )
+            if isinstance(tc, TopKTranscoder):
+                check_k(tc.cfg.k, tc.cfg.d_sae, where=f"layer {layer}: TopK transcoder")
             if tc.cfg.reshape_activations != "none":
                 raise ValueError(
                     f"layer {layer}: reshape_activations={tc.cfg.reshape_activations!r} is not "
@@ -238,6 +250,8 @@ class PerLayerTranscoderSet(TranscoderSet):
 
     def activation_fn(self, layer: int, pre: torch.Tensor) -> torch.Tensor:
         tc = self.transcoders[layer]
+        if isinstance(tc, TopKTranscoder):
+            return topk_activation(pre, k=tc.cfg.k)
         acts = tc.activation_fn(pre)
         if isinstance(tc, JumpReLUTranscoder):
             acts = acts * (pre > tc.threshold)
@@ -267,6 +281,10 @@ class PerLayerTranscoderSet(TranscoderSet):
         info = super().describe()
         info["architectures"] = [tc.cfg.architecture() for tc in self.transcoders]
         info["neuronpedia_ids"] = [tc.cfg.metadata.neuronpedia_id for tc in self.transcoders]
+        if any(isinstance(tc, TopKTranscoder) for tc in self.transcoders):
+            info["topk_k"] = [
+                tc.cfg.k if isinstance(tc, TopKTranscoder) else None for tc in self.transcoders
+            ]
         return info
 
 

@@ -48,6 +48,7 @@ import pandas as pd
 from sae_circuits._version import __version__
 from sae_circuits.core.files import atomic_write
 from sae_circuits.graph import (
+    TARGET_KINDS,
     check_threshold,
     node_ids,
     node_influence,
@@ -138,6 +139,12 @@ def _default_scan(graph: AttributionGraph) -> str | None:
     return name if isinstance(name, str) and name else "local"
 
 
+def _column(nodes: Any, name: str, n: int) -> list[Any]:
+    if name not in nodes.columns:
+        return [None] * n
+    return nodes[name].to_numpy(dtype=np.float64, na_value=np.nan).tolist()
+
+
 def _optional_int(v: Any) -> int | None:
     return None if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)) else int(v)
 
@@ -174,7 +181,7 @@ def build_document(
     if "influence" in nodes.columns:
         influence = nodes["influence"].to_numpy(dtype=np.float64, na_value=np.nan)
     else:
-        influence = node_influence(graph.adjacency, graph.logit_weights)
+        influence = node_influence(graph.adjacency, graph.target_weights)
     kind = nodes["kind"].astype(str).tolist()
     layer = nodes["layer"].astype(object).tolist()
     position = nodes["position"].astype(object).tolist()
@@ -182,6 +189,10 @@ def build_document(
     token = (
         nodes["token"].astype(object).tolist() if "token" in nodes.columns else [None] * len(kind)
     )
+    n_rows = len(kind)
+    label = nodes["label"].astype(object).tolist() if "label" in nodes.columns else [None] * n_rows
+    value = _column(nodes, "target_value", n_rows)
+    weights = graph.target_weights.tolist()
     urls = doc["metadata"]["info"].get("source_urls") or []
     for node in doc["nodes"]:
         i = row[node["node_id"]]
@@ -189,13 +200,18 @@ def build_document(
         feat = _optional_int(feature[i])
         tok = token[i]
         node.update(
-            kind=kind[i],
+            # a custom target sits with the logits (as in Neuronpedia), marked by target_kind
+            kind="logit" if kind[i] == "target" else kind[i],
             layer_index=lay,
             position=_optional_int(position[i]),
             feature_index=feat,
-            token=tok if isinstance(tok, str) else None,
+            token=label[i] if kind[i] == "target" else (tok if isinstance(tok, str) else None),
             node_influence=_finite(influence[i]),
         )
+        if kind[i] in TARGET_KINDS:
+            node.update(
+                target_kind=kind[i], target_value=_finite(value[i]), target_weight=weights[i]
+            )
         if kind[i] == "feature" and lay is not None and feat is not None and lay < len(urls):
             node["neuronpedia_url"] = f"{urls[lay]}/{feat}"
         if labels and not node["clerp"] and isinstance(labels.get(node["node_id"]), str):

@@ -11,7 +11,7 @@ function tooltipText(node, label) {
   const lines = [describe(node)];
   if (label) lines.push(label);
   if (node.kind === "feature") lines.push(`activation ${fmt(node.activation)}`);
-  if (node.kind === "logit") lines.push(`p = ${fmt(node.probability)}`);
+  if (node.kind === "logit") lines.push(node.target ? `target, value ${fmt(node.targetValue)}` : `p = ${fmt(node.probability)}`);
   if (node.influence !== null) lines.push(`influence ${fmt(node.influence)}`);
   lines.push(`${node.incoming.length} in, ${node.outgoing.length} out`);
   return lines.join("\n");
@@ -48,7 +48,7 @@ export function drawGraph(svg, model, state, actions) {
     row: rowOf(n, model.nLayers),
     col: n.position,
     width: nodeWidth(n, labels.get(n.id)),
-    order: n.kind === "logit" ? n.probability ?? 0 : n.influence ?? 0,
+    order: n.kind === "logit" ? (n.target ? n.weight : n.probability) ?? 0 : n.influence ?? 0,
   }));
   const widthById = new Map(items.map((it) => [it.id, it.width]));
   const layout = gridLayout(items, nRows, nCols);

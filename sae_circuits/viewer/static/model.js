@@ -28,8 +28,10 @@ function normalizeNode(raw, promptTokens) {
   const feature = num(raw.feature_index);
   let token = typeof raw.token === "string" ? raw.token : null;
   if (token === null && kind === "token") token = promptTokens[position] ?? null;
+  // a custom target (logit difference, direction) is drawn with the logits, labelled
+  const target = raw.target_kind === "target" || (kind === "logit" && /^Target: /.test(raw.clerp || ""));
   if (token === null && kind === "logit") {
-    const match = /^Output "(.*)" \(p=/.exec(raw.clerp || "");
+    const match = target ? /^Target: (.*)$/s.exec(raw.clerp || "") : /^Output "(.*)" \(p=/.exec(raw.clerp || "");
     token = match ? match[1] : String(raw.feature);
   }
   return {
@@ -42,7 +44,10 @@ function normalizeNode(raw, promptTokens) {
     activation: num(raw.activation),
     influence: num(raw.node_influence),
     cumulative: num(raw.influence),
-    probability: kind === "logit" ? num(raw.token_prob) : null,
+    probability: kind === "logit" && !target ? num(raw.token_prob) : null,
+    target,
+    targetValue: num(raw.target_value),
+    weight: num(raw.target_weight),
     clerp: kind !== "logit" && typeof raw.clerp === "string" ? raw.clerp : "",
     npUrl: safeUrl(raw.neuronpedia_url),
     incoming: [],

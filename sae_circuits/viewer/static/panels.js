@@ -55,8 +55,11 @@ export function renderDetails(model, state, actions) {
   addField(dl, "position", token !== undefined ? `${node.position} ("${token}")` : String(node.position));
   if (node.kind === "feature") addField(dl, "feature", String(node.feature));
   if (node.kind === "feature") addField(dl, "activation", fmt(node.activation));
-  if (node.kind === "logit") addField(dl, "probability", fmt(node.probability));
-  if (node.kind === "token" || node.kind === "logit") addField(dl, "token", node.token ?? "?");
+  if (node.kind === "logit" && !node.target) addField(dl, "probability", fmt(node.probability));
+  if (node.target) addField(dl, "target", node.token ?? "?");
+  else if (node.kind === "token" || node.kind === "logit") addField(dl, "token", node.token ?? "?");
+  if (node.targetValue !== null) addField(dl, "value (clean run)", fmt(node.targetValue));
+  if (node.weight !== null) addField(dl, "target weight", fmt(node.weight));
   addField(dl, "influence", fmt(node.influence));
   addField(dl, "cumulative influence", fmt(node.cumulative));
   if (node.clerp) addField(dl, "automatic label", node.clerp);

@@ -121,7 +121,7 @@ export function drawNode(parent, node, p, opts) {
     rings.forEach((color, i) => svgEl("rect", { class: "ring", x: -width / 2 - 3 - 3 * i, y: -h / 2 - 3 - 3 * i, width: width + 6 + 6 * i, height: h + 6 + 6 * i, rx: 6, stroke: color }, g));
     svgEl("rect", { class: "shape", x: -width / 2, y: -h / 2, width, height: h, rx: 4 }, g);
     svgText(truncate(node.token ?? "?", 24), { "text-anchor": "middle", y: node.kind === "logit" ? -2 : 4 }, g);
-    if (node.kind === "logit") svgText(`p=${(node.probability ?? 0).toFixed(3)}`, { "text-anchor": "middle", y: 11, class: "node-label" }, g);
+    if (node.kind === "logit") svgText(node.target ? "target" : `p=${(node.probability ?? 0).toFixed(3)}`, { "text-anchor": "middle", y: 11, class: "node-label" }, g);
     if (label && node.kind === "token") svgText(truncate(label, 16), { "text-anchor": "middle", y: -15, class: "node-label" }, g);
   } else {
     rings.forEach((color, i) => svgEl("circle", { class: "ring", r: 9 + 3 * i, stroke: color }, g));
