@@ -6,6 +6,10 @@ Example:
     $ sae-circuits serve out/dallas               # http://127.0.0.1:8765/
     $ sae-circuits demo -o out/demo               # offline: the built-in example
 
+By default ``attribute`` explains the salient logits at the last position; ``--target TOKEN``,
+``--logit-diff A B`` and ``--direction LABEL FILE [HOOK]`` (repeatable, kept in the order given)
+ask for other targets (see :mod:`sae_circuits.attribution._targets`).
+
 ``attribute`` writes a graph folder (``graph.zip``: the full graph, ``pruned.zip``: the pruned
 graph, ``graph.json``: the viewer's / Neuronpedia's JSON); ``serve`` opens it in the local viewer
 (:mod:`sae_circuits.viewer`). Errors are reported in one line on stderr with a non-zero exit
@@ -17,9 +21,12 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import re
+import shlex
 import sys
 import webbrowser
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -85,6 +92,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+
+
 def _port(text: str) -> int:
     try:
         value = int(text)
@@ -93,6 +107,142 @@ def _port(text: str) -> int:
     if not 0 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"a port is a number in 0..65535, got {text!r}")
     return value
+
+
+# ---------------------------------------------------------------------------------------------
+# attribution targets (--target, --logit-diff, --direction)
+
+#: File types ``--direction`` reads, each holding one tensor.
+DIRECTION_SUFFIXES = (".npy", ".pt", ".pth", ".safetensors")
+
+
+class _TargetAction(argparse.Action):
+    """Appends ``(option, values)`` to the shared ``targets`` list: the order given is kept."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        values = [values] if isinstance(values, str) else list(values)
+        if self.option_strings[0] == "--direction" and not 2 <= len(values) <= 3:
+            hint = " (put PROMPT before the options, or end them with --)" if values[3:] else ""
+            raise argparse.ArgumentError(
+                self,
+                f"expected LABEL FILE [HOOK] (2 or 3 values), got {len(values)}: "
+                f"{shlex.join(values)}{hint}",
+            )
+        targets = list(getattr(namespace, self.dest, None) or [])
+        targets.append((self.option_strings[0], values))
+        setattr(namespace, self.dest, targets)
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Shows ``--direction LABEL FILE [HOOK]`` (argparse would write ``LABEL [FILE ...]``)."""
+
+    def _format_args(self, action: argparse.Action, default_metavar: str) -> str:
+        if isinstance(action, _TargetAction) and "--direction" in action.option_strings:
+            return "LABEL FILE [HOOK]"
+        return super()._format_args(action, default_metavar)
+
+
+def _token(text: str) -> int | str:
+    """A token id (digits) or a one-token string, as ``attribute(targets=...)`` takes them."""
+    return int(text) if text.isascii() and text.isdigit() else text
+
+
+@dataclass(frozen=True)
+class _CLITarget:
+    option: str  # how the command line gave it, for error messages
+    target: Any  # a sae_circuits.Target
+
+
+def read_direction(label: str, file: str) -> Any:
+    """The direction of ``--direction LABEL FILE``: the one tensor in a ``.npy``, ``.pt``/``.pth``
+    (a tensor, or a dict holding one) or ``.safetensors`` file, on the CPU.
+
+    Raises:
+        CLIError: A missing or unreadable file, another file type, or a file holding no tensor
+            or several (exit status 2).
+    """
+    where = f"--direction {shlex.join([label, file])}"
+    path = Path(file)
+    suffix = path.suffix.lower()
+    if suffix not in DIRECTION_SUFFIXES:
+        raise CLIError(
+            f"{where}: cannot read a direction from {file!r}: expected a "
+            f"{', '.join(DIRECTION_SUFFIXES)} file holding one tensor"
+        )
+    if not path.is_file():
+        raise CLIError(f"{where}: no such file {file!r}")
+    try:
+        if suffix == ".npy":
+            import numpy as np
+
+            return np.load(path, allow_pickle=False)
+        import torch
+
+        if suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            loaded: Any = load_file(path, device="cpu")
+        else:
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CLIError(f"{where}: cannot read {file!r}: {type(e).__name__}: {_short(e)}") from e
+    if isinstance(loaded, torch.Tensor):
+        return loaded
+    tensors = list(loaded.items()) if isinstance(loaded, dict) else []
+    if len(tensors) == 1 and isinstance(tensors[0][1], torch.Tensor):
+        return tensors[0][1]
+    held = (
+        f"{len(tensors)} entries ({', '.join(str(k) for k, _ in tensors[:5])})"
+        if isinstance(loaded, dict)
+        else f"a {type(loaded).__name__}"
+    )
+    raise CLIError(f"{where}: {file!r} holds {held}, not one tensor")
+
+
+def cli_targets(given: Sequence[tuple[str, list[str]]], position: int) -> list[_CLITarget]:
+    """The ``attribute(targets=...)`` list of ``--target``/``--logit-diff``/``--direction``.
+
+    Args:
+        given: ``(option, values)`` in command-line order.
+        position: The token position of every target (``--target-position``).
+
+    Raises:
+        CLIError: An unreadable direction file (see :func:`read_direction`).
+    """
+    import sae_circuits as sc
+
+    out = []
+    for option, values in given:
+        shown = f"{option} {shlex.join(values)}"
+        if option == "--target":
+            target = sc.Target.logit(_token(values[0]), position=position)
+        elif option == "--logit-diff":
+            a, b = (_token(v) for v in values)
+            target = sc.Target.logit_diff(a, b, position=position)
+        else:
+            label, file, *hook = values
+            direction = read_direction(label, file)
+            target = sc.Target(label, direction, position=position, hook=hook[0] if hook else None)
+        out.append(_CLITarget(shown, target))
+    return out
+
+
+_TARGET_INDEX = re.compile(r"^targets\[(\d+)\]: ")
+
+
+def _attribute_error(e: BaseException, targets: Sequence[_CLITarget]) -> CLIError:
+    """``attribute``'s ValueError/TypeError as a CLIError naming the option at fault."""
+    text = _short(e)
+    match = _TARGET_INDEX.match(text)
+    if match and int(match.group(1)) < len(targets):
+        return CLIError(f"{targets[int(match.group(1))].option}: {text[match.end() :]}")
+    return CLIError(f"cannot attribute this prompt: {text}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -227,16 +377,47 @@ def _fmt(x: Any, spec: str = ".3f") -> str:
     return format(v, spec) if math.isfinite(v) else "nan"
 
 
+def print_targets(graph: AttributionGraph) -> None:
+    """Print the graph's targets: label, kind, position (and hook), value (and probability)."""
+    rows = []
+    for _, row in graph.targets.iterrows():
+        where = f"@{row['position']}" + ("" if _missing(row["hook"]) else f" {row['hook']}")
+        prob = "" if _missing(row["probability"]) else f"  p={_fmt(row['probability'])}"
+        rows.append((str(row["label"]), str(row["kind"]), where, _fmt(row["value"], ".4g"), prob))
+    width = [min(max((len(r[i]) for r in rows), default=0), 40) for i in range(3)]
+    print("targets:")
+    for label, kind, where, value, prob in rows:
+        print(
+            f"  {label:<{width[0]}}  {kind:<{width[1]}}  {where:<{width[2]}}  value={value}{prob}"
+        )
+
+
+def _missing(x: Any) -> bool:
+    import pandas as pd
+
+    return x is None or bool(pd.isna(x))
+
+
 def print_summary(
-    graph: AttributionGraph, pruned: AttributionGraph, labels: dict[str, str], top: int = 10
+    graph: AttributionGraph,
+    pruned: AttributionGraph,
+    labels: dict[str, str],
+    top: int = 10,
+    *,
+    targets: bool = False,
 ) -> None:
-    """Print top logits, sizes, scores and the most influential features."""
-    print("top logits:")
-    for token, prob in zip(graph.logits["token"], graph.logits["probability"], strict=True):
-        print(f"  {token!s:>12}  p={prob:.3f}")
+    """Print the targets (``targets``: given ones) or top logits, sizes, scores and the most
+    influential features."""
+    if targets:
+        print_targets(graph)
+    else:
+        print("top logits:")
+        for token, prob in zip(graph.logits["token"], graph.logits["probability"], strict=True):
+            print(f"  {token!s:>12}  p={prob:.3f}")
     for name, g in (("graph", graph), ("pruned", pruned)):
         counts = g.nodes["kind"].value_counts()
-        parts = ", ".join(f"{counts.get(k, 0)} {k}" for k in ("feature", "error", "token", "logit"))
+        kinds = ("feature", "error", "token", "logit", *(("target",) if "target" in counts else ()))
+        parts = ", ".join(f"{counts.get(k, 0)} {k}" for k in kinds)
         try:
             scores = g.scores()
             shown = (
@@ -324,6 +505,13 @@ def _attribute(args: argparse.Namespace) -> int:
             check_bind_host(args.host, allow_remote=args.allow_remote)
         except RemoteBindError as e:
             raise CLIError(str(e)) from e
+    if args.target_position is not None and not args.targets:
+        raise CLIError(
+            "--target-position applies to --target, --logit-diff and --direction targets; "
+            "give at least one (the salient logits are at the last position)"
+        )
+    position = -1 if args.target_position is None else args.target_position
+    targets = cli_targets(args.targets or (), position)  # read files before the slow part
     print(f"[1/4] loading model {args.model!r}")
     model = load_model_by_name(args.model, device=args.device)
     print(f"[2/4] loading transcoders {args.transcoders!r}")
@@ -334,6 +522,7 @@ def _attribute(args: argparse.Namespace) -> int:
             model,
             args.prompt,
             transcoders,
+            targets=[t.target for t in targets] or None,
             max_n_logits=args.max_n_logits,
             desired_logit_prob=args.desired_logit_prob,
             max_feature_nodes=args.max_feature_nodes,
@@ -341,13 +530,13 @@ def _attribute(args: argparse.Namespace) -> int:
             progress=False if args.quiet else None,
         )
     except (ValueError, TypeError) as e:
-        raise CLIError(f"cannot attribute this prompt: {_short(e)}") from e
+        raise _attribute_error(e, targets) from e
     print(f"[4/4] pruning (node {args.node_threshold}, edge {args.edge_threshold}) and writing")
     labels = _feature_labels(args.model, args.transcoders, graph)
     pruned = _write(
         out, graph, args.node_threshold, args.edge_threshold, slug=args.slug, labels=labels
     )
-    print_summary(graph, pruned, labels)
+    print_summary(graph, pruned, labels, targets=bool(targets))
     if args.serve:
         return _serve(out, args.host, args.port, args.allow_remote, args.open)
     print(f"view it: sae-circuits serve {out}")
@@ -446,7 +635,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``sae-circuits`` argument parser."""
     from sae_circuits._version import __version__
 
-    fmt = argparse.RawDescriptionHelpFormatter
+    fmt = _Formatter
     parser = argparse.ArgumentParser(
         prog="sae-circuits",
         description="Attribution graphs (circuit tracing) with SAELens transcoders.",
@@ -467,10 +656,22 @@ def build_parser() -> argparse.ArgumentParser:
         "a graph folder: OUT/graph.zip (the full graph), OUT/pruned.zip (the pruned graph)\n"
         "and OUT/graph.json (the viewer's / Neuronpedia's JSON). View it with\n"
         "`sae-circuits serve OUT`.",
-        epilog="examples:\n"
+        epilog="targets:\n"
+        "  Without --target, --logit-diff or --direction the graph explains the salient logits\n"
+        "  at the last position (--max-n-logits, --desired-logit-prob). With them it explains\n"
+        "  exactly those, in the order given on the command line, all at --target-position.\n"
+        "  A TOKEN (or A, B) of digits is a token id, anything else a string that must be one\n"
+        "  token (mind the leading space: ' Austin'). A direction FILE is a .npy, .pt/.pth or\n"
+        "  .safetensors file holding one tensor: d_model numbers read where the unembedding\n"
+        "  reads, or, with HOOK (e.g. blocks.2.hook_resid_mid), that hook's size per position.\n"
+        "\n"
+        "examples:\n"
         '  sae-circuits attribute "The capital of the state containing Dallas is" \\\n'
         "      --model toy-facts --transcoders toy-facts -o out/dallas --serve\n"
-        '  sae-circuits attribute "t5 t9 t3 t7" --model tiny --transcoders tiny -o out/tiny',
+        '  sae-circuits attribute "t5 t9 t3 t7" --model tiny --transcoders tiny -o out/tiny\n'
+        '  sae-circuits attribute "The capital of the state containing Dallas is" \\\n'
+        "      --model toy-facts --transcoders toy-facts -o out/austin \\\n"
+        "      --target austin --logit-diff austin sacramento",
         formatter_class=fmt,
     )
     att.add_argument("prompt", metavar="PROMPT", help="the text to attribute")
@@ -496,18 +697,50 @@ def build_parser() -> argparse.ArgumentParser:
         help="attribute at most N features, the most influential first (default: all)",
     )
     att.add_argument(
+        "--target",
+        action=_TargetAction,
+        dest="targets",
+        metavar="TOKEN",
+        help="explain this logit: a token id (digits) or a one-token string; repeatable",
+    )
+    att.add_argument(
+        "--logit-diff",
+        action=_TargetAction,
+        dest="targets",
+        nargs=2,
+        metavar=("A", "B"),
+        help="explain logit(A) - logit(B) (ids or one-token strings); repeatable",
+    )
+    att.add_argument(
+        "--direction",
+        action=_TargetAction,
+        dest="targets",
+        nargs="+",
+        help="explain direction . activation, named LABEL, the direction read from FILE "
+        f"({', '.join(DIRECTION_SUFFIXES)}: one tensor), at HOOK (default: where the "
+        "unembedding reads); repeatable",
+    )
+    att.add_argument(
+        "--target-position",
+        type=_integer,
+        default=None,
+        metavar="P",
+        help="token position of the targets given (negative: from the end; default: -1, the last)",
+    )
+    att.add_argument(
         "--max-n-logits",
         type=_positive_int,
         default=10,
         metavar="K",
-        help="at most K logit nodes (default: 10)",
+        help="at most K logit nodes (default: 10; ignored when targets are given)",
     )
     att.add_argument(
         "--desired-logit-prob",
         type=_fraction("--desired-logit-prob"),
         default=0.95,
         metavar="P",
-        help="keep the fewest top logits reaching probability P (default: 0.95)",
+        help="keep the fewest top logits reaching probability P (default: 0.95; ignored when "
+        "targets are given)",
     )
     att.add_argument(
         "--batch-size",

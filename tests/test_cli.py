@@ -7,13 +7,21 @@ import io
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
+from safetensors.torch import save_file
 
-from sae_circuits.cli import main
+from sae_circuits.cli import main, read_direction
 from sae_circuits.graph._graph import AttributionGraph
 from sae_circuits.viewer.server import ViewerServer
 
+from .tolerance import assert_close
+
 PROMPT = "t5 t9 t3 t7 t2 t8 t11 t4 t6"
+TINY = ["--model", "tiny", "--transcoders", "tiny"]
+D_MODEL = 64  # the built-in tiny model's
+HOOK = "blocks.1.hook_resid_mid"
 
 
 @pytest.fixture(scope="module")
@@ -193,6 +201,9 @@ def test_help(capsys, command: list[str]):
     assert out.startswith("usage: sae-circuits")
     if command == ["attribute"]:
         assert "--max-feature-nodes" in out and "--node-threshold" in out
+        for option in ("--target TOKEN", "--logit-diff A B", "--direction LABEL FILE [HOOK]"):
+            assert option in out, option
+        assert "ignored when targets are given" in out
 
 
 def test_missing_command_exits_2(capsys):
@@ -200,3 +211,185 @@ def test_missing_command_exits_2(capsys):
         main([])
     assert exc.value.code == 2
     assert "required" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# --target, --logit-diff, --direction
+
+
+@pytest.fixture(scope="module")
+def directions(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Direction files: d_model vectors as .npy / .pt / .safetensors, and bad ones."""
+    folder = tmp_path_factory.mktemp("directions")
+    gen = np.random.default_rng(0)
+    files = {
+        "npy": folder / "d.npy",
+        "pt": folder / "d.pt",
+        "safetensors": folder / "d.safetensors",
+        "short": folder / "short.npy",
+        "two": folder / "two.pt",
+        "garbage": folder / "garbage.npy",
+        "txt": folder / "d.txt",
+    }
+    np.save(files["npy"], gen.standard_normal(D_MODEL))
+    torch.save(torch.from_numpy(gen.standard_normal(D_MODEL)).float(), files["pt"])
+    save_file({"v": torch.from_numpy(gen.standard_normal(D_MODEL)).float()}, files["safetensors"])
+    np.save(files["short"], gen.standard_normal(10))
+    torch.save({"a": torch.ones(D_MODEL), "b": torch.ones(2)}, files["two"])
+    files["garbage"].write_text("not an array")
+    files["txt"].write_text(" ".join(["1.0"] * D_MODEL))
+    return files
+
+
+@pytest.fixture(scope="module")
+def targeted(
+    tmp_path_factory: pytest.TempPathFactory, directions: dict[str, Path]
+) -> tuple[Path, str]:
+    """``attribute`` with targets of every kind, in mixed order: (output folder, its stdout)."""
+    out = tmp_path_factory.mktemp("cli-targets") / "out"
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        code = main(
+            [
+                *("attribute", PROMPT, *TINY, "-q", "--max-feature-nodes", "16"),
+                *("--target", "t7"),
+                *("--direction", "unembed dir", str(directions["npy"])),
+                *("--logit-diff", "t7", "3"),
+                *("--target", "3"),
+                *("--direction", "resid dir", str(directions["pt"]), HOOK),
+                *("--target-position", "-2", "-o", str(out)),
+            ]
+        )
+    assert code == 0
+    return out, buf.getvalue()
+
+
+def test_targets_are_attributed_in_the_order_given(
+    targeted: tuple[Path, str], directions: dict[str, Path]
+):
+    out, _ = targeted
+    graph = AttributionGraph.load(out / "graph.zip")
+    table = graph.targets
+    assert table["label"].tolist() == [
+        "t7",
+        "unembed dir",
+        "logit(t7) - logit(3)",
+        "t3",
+        "resid dir",
+    ]
+    assert table["kind"].tolist() == ["logit", "direction", "logit_diff", "logit", "direction"]
+    assert table["hook"].tolist()[4] == HOOK and table["hook"][:4].isna().all()
+    n_pos = len(graph.metadata["tokens"])
+    assert table["position"].tolist() == [n_pos - 2] * 5
+    assert table["token_id"].tolist()[0] == 7 and table["token_id"].tolist()[3] == 3
+    assert graph.metadata["settings"]["targets"] == "given"
+    described = graph.metadata["targets"]
+    np.testing.assert_array_equal(described[1]["direction"], np.load(directions["npy"]))
+    np.testing.assert_array_equal(
+        described[4]["direction"], torch.load(directions["pt"]).double().numpy()
+    )
+    pruned = AttributionGraph.load(out / "pruned.zip")
+    assert pruned.targets["label"].tolist() == table["label"].tolist()
+
+
+def test_logit_diff_row_is_the_difference_of_the_logit_rows(targeted: tuple[Path, str]):
+    out, _ = targeted
+    graph = AttributionGraph.load(out / "graph.zip")
+    rows = graph.adjacency.tocsr()
+    t7, _, diff, t3, _ = (rows[[int(i)]].toarray()[0] for i in graph.targets["node"])
+    assert_close(diff, t7 - t3, what="--logit-diff row vs difference of --target rows")
+    values = graph.targets["value"].to_numpy(dtype=float)
+    assert values[2] == pytest.approx(values[0] - values[3], rel=1e-5)
+
+
+def test_attribute_prints_the_targets(targeted: tuple[Path, str]):
+    _, stdout = targeted
+    assert "top logits:" not in stdout
+    lines = stdout.split("targets:\n", 1)[1].splitlines()[:5]
+    for line, (label, kind) in zip(
+        lines,
+        [
+            ("t7", "logit"),
+            ("unembed dir", "direction"),
+            ("logit(t7) - logit(3)", "logit_diff"),
+            ("t3", "logit"),
+            ("resid dir", "direction"),
+        ],
+        strict=True,
+    ):
+        assert line.split()[0] == label.split()[0] and f" {kind} " in line and "value=" in line
+    assert HOOK in lines[4] and "p=" in lines[0] and "p=" not in lines[2]
+    assert "1 target" not in stdout and "3 target" in stdout  # node counts include targets
+
+
+def test_no_targets_means_the_salient_logits(attributed: tuple[Path, str]):
+    out, stdout = attributed
+    graph = AttributionGraph.load(out / "graph.zip")
+    assert graph.metadata["settings"]["targets"] == "salient logits"
+    assert set(graph.targets["kind"]) == {"logit"}
+    assert "top logits:" in stdout and "targets:" not in stdout
+
+
+@pytest.mark.parametrize("kind", ["npy", "pt", "safetensors"])
+def test_read_direction_reads_one_tensor(directions: dict[str, Path], kind: str):
+    vec = torch.as_tensor(read_direction("d", str(directions[kind])))
+    assert vec.shape == (D_MODEL,) and torch.isfinite(vec).all()
+
+
+def test_read_direction_takes_a_dict_of_one_tensor(tmp_path: Path):
+    path = tmp_path / "one.pt"
+    torch.save({"direction": torch.arange(1.0, 5.0)}, path)
+    assert read_direction("d", str(path)).tolist() == [1.0, 2.0, 3.0, 4.0]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--target", "t5 t9"], "--target 't5 t9': 't5 t9' is 2 tokens"),
+        (["--target", "999"], "--target 999: token id 999 is outside the vocabulary"),
+        (["--logit-diff", "t5", "t1 t2"], "--logit-diff t5 't1 t2': 't1 t2' is 2 tokens"),
+        (["--logit-diff", "t5", "5"], "of a token with itself is zero"),
+        (["--direction", "d", "{missing}"], "--direction d {missing}: no such file"),
+        (["--direction", "d", "{garbage}"], "--direction d {garbage}: cannot read"),
+        (["--direction", "d", "{txt}"], "expected a .npy, .pt, .pth, .safetensors file"),
+        (["--direction", "d", "{two}"], "holds 2 entries (a, b), not one tensor"),
+        (
+            ["--direction", "d", "{short}"],
+            "--direction d {short}: target 'd': its direction has 10",
+        ),
+        (
+            ["--direction", "d", "{npy}", "blocks.9.hook_nope"],
+            "target hook 'blocks.9.hook_nope' is not a hook of this model",
+        ),
+        (["--direction", "d", "{npy}", "blocks.1.ln1.hook_scale"], "is frozen"),
+        (["--target", "t3", "--target-position", "30"], "--target t3: position 30 is out of range"),
+        (["--target-position", "3"], "--target-position applies to --target"),
+    ],
+)
+def test_bad_targets_exit_2(
+    tmp_path: Path, capsys, directions: dict[str, Path], args: list[str], message: str
+):
+    files = {k: str(v) for k, v in directions.items()} | {"missing": str(tmp_path / "no.npy")}
+    out = tmp_path / "out"
+    argv = ["attribute", PROMPT, *TINY, "-q", *(a.format(**files) for a in args), "-o", str(out)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sae-circuits: error: ") and err.count("\n") == 1
+    assert message.format(**files) in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--direction", "d"], "expected LABEL FILE [HOOK] (2 or 3 values), got 1"),
+        (["--direction", "d", "f.npy", HOOK, "x"], "got 4: d f.npy blocks.1.hook_resid_mid x"),
+        (["--logit-diff", "t5"], "--logit-diff: expected 2 arguments"),
+        (["--target-position", "last"], "expected a whole number, got 'last'"),
+    ],
+)
+def test_malformed_target_options_exit_2(tmp_path: Path, capsys, args: list[str], message: str):
+    with pytest.raises(SystemExit) as exc:
+        main(["attribute", PROMPT, *TINY, *args, "-o", str(tmp_path / "out")])
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err

@@ -449,7 +449,7 @@ def test_graph_without_logits_is_refused():
         with pytest.raises(ValueError, match="needs target nodes"):
             call()
     zero = graph.nodes.assign(target_weight=graph.nodes["target_weight"] * 0)
-    with pytest.raises(ValueError, match="weights .* not all zero"):
+    with pytest.raises(ValueError, match=r"weights .* not all zero"):
         dataclasses.replace(graph, nodes=zero).prune()
     # a graph from before target weights: its logits' probabilities are the weights
     old = graph.nodes.drop(columns=["target_weight"])

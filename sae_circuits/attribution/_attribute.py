@@ -458,7 +458,7 @@ def _assemble(
         "tokens": tokens,
         "model_name": getattr(model.cfg, "model_name", None),
         "d_vocab": int(model.cfg.d_vocab),
-        "transcoders": tr.resolved.transcoders.describe(),
+        "transcoders": tr.transcoders_info,
         "n_active_features": n_active,
         "settings": settings,
         "targets": [t.describe() for t in specs],

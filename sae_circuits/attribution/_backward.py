@@ -18,12 +18,18 @@ there (``a_s * W_dec[s]`` for features, the error vectors, the token embeddings)
 block of rows per slice of targets, without the feature columns at or above the slice's top layer
 (they cannot be sources). The whole computation runs under ``torch.no_grad()`` outside the function
 transforms, so that no autograd graph of the backward itself is recorded.
+
+**Precision.** The backward passes run in the model's dtype (bfloat16 or float16 models stay in
+their dtype, with their memory); every row is *accumulated* in float32 (float64 for a float64
+model): the gradients are cast up before they are contracted with the sources' writes, which are
+kept in float32, and rows are stored in float32.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch.func import vjp, vmap
@@ -69,8 +75,14 @@ class Trace:
         feature_layer, feature_pos, feature_idx: ``(n_active,)`` active features in
             (layer, position, feature) order.
         feature_act: ``(n_active,)`` their activations.
-        errors: ``(n_layers, n, d_model)`` error vectors.
-        embeds: ``(n, d_model)`` token embeddings (``hook_embed`` values).
+        errors: ``(n_layers, n, d_model)`` error vectors (in the accumulation dtype: float32,
+            or float64 for a float64 model).
+        embeds: ``(n, d_model)`` token embeddings (``hook_embed`` values, accumulation dtype).
+        dtype: The model's dtype, in which the backward passes run.
+        encoders: ``(n_active, d_in)`` the active features' encoder rows (the model's device,
+            its dtype): with the decoder rows kept in the writers, all a trace needs of the
+            transcoders, so that it holds no reference to them.
+        transcoders_info: The transcoders' ``describe()``.
         final: ``(n, d_model)`` the unembedding's input (after the final norm).
         x_in: Per layer, ``(n, d_in)`` the clean transcoder input.
         extra_values: Hook name -> ``(n, ...)`` clean activation of each extra target hook.
@@ -78,6 +90,7 @@ class Trace:
 
     tokens: torch.Tensor
     logits: torch.Tensor
+    dtype: torch.dtype
     feature_layer: torch.Tensor
     feature_pos: torch.Tensor
     feature_idx: torch.Tensor
@@ -87,7 +100,8 @@ class Trace:
     final: torch.Tensor
     x_in: list[torch.Tensor]
     extra_values: dict[str, torch.Tensor]
-    resolved: ResolvedTranscoders
+    encoders: torch.Tensor
+    transcoders_info: dict[str, Any]
     _vjps: list[Callable]  # per block: (d out, d x_in) -> (d block input, d source)
     _out_shapes: list[torch.Size]  # per block: its output (the unembed input for the last)
     _in_shapes: list[torch.Size]  # per block: the transcoder input
@@ -116,14 +130,7 @@ class Trace:
 
     def encoder_vectors(self, rows: torch.Tensor) -> torch.Tensor:
         """Encoder directions ``(k, d_in)`` of the active features ``rows``."""
-        ts = self.resolved.transcoders
-        out = torch.empty(len(rows), ts.d_in, dtype=self.errors.dtype, device=self.errors.device)
-        layers = self.feature_layer[rows]
-        for layer in layers.unique().tolist():
-            mask = layers == layer
-            vecs = ts.encoder_vectors(int(layer), self.feature_idx[rows[mask]].to(ts.device))
-            out[mask] = vecs.detach().to(out.device, out.dtype)
-        return out
+        return self.encoders[rows.to(self.encoders.device)]
 
     def logit_vectors(self, token_ids: torch.Tensor) -> torch.Tensor:
         """Demeaned unembedding columns ``(k, d_model)`` of ``token_ids``."""
@@ -202,7 +209,7 @@ class Trace:
     ) -> None:
         """One slice of :meth:`row_slices`, written into ``out`` (zeros, its layout)."""
         n_layers, n = self.n_layers, self.n_pos
-        device, dtype = self.errors.device, self.errors.dtype
+        device, dtype, acc = self.errors.device, self.dtype, self.errors.dtype
         layers, positions = layers.to(device), positions.to(device)
         vectors = vectors.to(device, dtype)
         batch = len(layers)
@@ -235,14 +242,14 @@ class Trace:
             grad = g_in
             if layer == top and hook is None:  # the targets read this block's MLP input
                 continue
-            g = g_src[:, 0].to(dtype)  # (B, n, d)
+            g = g_src[:, 0].to(acc)  # (B, n, d), accumulated in float32 (or float64)
             for group in self._writers[layer]:
                 out.index_add_(1, group.cols, group.contract(g))
             base = n_features + layer * n
             out[:, base : base + n] = _per_position_dot(g, self.errors[layer])
         if grad is not None:  # hook_embed adds straight into block 0's input
             base = n_features + n_layers * n
-            out[:, base : base + n] = _per_position_dot(grad[:, 0].to(dtype), self.embeds)
+            out[:, base : base + n] = _per_position_dot(grad[:, 0].to(acc), self.embeds)
 
 
 @dataclass(frozen=True)
@@ -294,6 +301,7 @@ def trace(
     ts = resolved.transcoders
     n_layers, n = model.cfg.n_layers, int(tokens.shape[0])
     dtype = model.cfg.dtype
+    acc = torch.promote_types(dtype, torch.float32)  # rows accumulate in float32 at least
     device = model.W_E.device
     d_model = model.cfg.d_model
 
@@ -322,7 +330,7 @@ def trace(
 
     # 2. features and error vectors (none at an attention sink)
     f_layer, f_pos, f_idx, f_act = [], [], [], []
-    errors = torch.empty(n_layers, n, d_model, dtype=dtype, device=device)
+    errors = torch.empty(n_layers, n, d_model, dtype=acc, device=device)
     for layer in range(n_layers):
         pos, feat = clean.acts[layer].indices()
         vals = clean.acts[layer].values()
@@ -337,10 +345,16 @@ def trace(
     feature_layer = torch.cat(f_layer).cpu()
     feature_pos = torch.cat(f_pos).cpu()
     feature_idx = torch.cat(f_idx).cpu()
-    feature_act = torch.cat(f_act).to(dtype).cpu()
+    feature_act = torch.cat(f_act).to(acc).cpu()
 
+    encoders = torch.empty(len(feature_idx), ts.d_in, dtype=dtype, device=device)
     writers = []
     with torch.no_grad():
+        for layer in range(n_layers):  # the active features' encoder rows, once
+            sel = torch.nonzero(feature_layer == layer).flatten()
+            if len(sel):
+                vecs = ts.encoder_vectors(layer, feature_idx[sel].to(ts.device))
+                encoders[sel.to(device)] = vecs.detach().to(device, dtype)
         for out_layer in range(n_layers):
             cols, vecs, poss = [], [], []
             for src in ts.source_layers(out_layer):
@@ -349,7 +363,7 @@ def trace(
                     continue
                 dec = ts.decoder_vectors(src, feature_idx[sel].to(ts.device), out_layer)
                 act = feature_act[sel, None].to(device)
-                vecs.append(dec.to(device, dtype) * act)
+                vecs.append(dec.to(device, acc) * act)
                 cols.append(sel.to(device))
                 poss.append(feature_pos[sel])
             writers.append(_group_by_position(cols, vecs, poss))
@@ -398,11 +412,13 @@ def trace(
         feature_idx=feature_idx,
         feature_act=feature_act,
         errors=errors,
-        embeds=clean.extra["hook_embed"][0],
+        embeds=clean.extra["hook_embed"][0].to(acc),
+        dtype=dtype,
         final=final if final is not None else clean.extra["hook_embed"][0],
         x_in=clean.x_in,
         extra_values=extra_values,
-        resolved=resolved,
+        encoders=encoders,
+        transcoders_info=ts.describe(),
         _vjps=vjps,
         _out_shapes=out_shapes,
         _in_shapes=in_shapes,
