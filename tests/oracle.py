@@ -189,7 +189,12 @@ class FrozenOracle:
         pert: dict = {}
         if kind == "feature":
             layer, f = int(row["layer"]), int(row["feature"])
-            a = float(self.acts[layer][pos, f])
+            # the graph's own (float32) activation: the edge is linear in it, and an activation
+            # that is a small difference of large terms (TopK keeps negative ones) differs from
+            # the float64 one in its relative last bits, which would scale the whole column
+            a = float(row["activation"]) if "activation" in row else float(self.acts[layer][pos, f])
+            a64 = float(self.acts[layer][pos, f])
+            assert abs(a - a64) <= 1e-3 * max(abs(a64), 1e-2), (layer, pos, f, a, a64)
             for out in self.ts.output_layers(layer):
                 v = torch.zeros(self.n, d, dtype=torch.float64)
                 dec = self.ts.decoder_vectors(layer, torch.tensor([f]), out)[0].detach().double()
