@@ -26,7 +26,13 @@ from typing import Any
 
 from sae_circuits import core, graph, interventions, replacement_model
 from sae_circuits._version import __version__
-from sae_circuits.attribution import Target, attribute
+from sae_circuits.attribution import (
+    QKAttribution,
+    Target,
+    attribute,
+    attribute_attention,
+    attribute_attention_keys,
+)
 from sae_circuits.core import HookNotFoundError
 from sae_circuits.graph import (
     AttributionGraph,
@@ -97,6 +103,7 @@ __all__ = [
     "HookNotFoundError",
     "InterventionResult",
     "PerLayerTranscoderSet",
+    "QKAttribution",
     "Target",
     "TopKTranscoder",
     "TopKTranscoderConfig",
@@ -105,6 +112,8 @@ __all__ = [
     "WeightsUnavailableError",
     "__version__",
     "attribute",
+    "attribute_attention",
+    "attribute_attention_keys",
     "check_transcoders_match",
     "compare_with_graph",
     "generate",

@@ -12,6 +12,12 @@ Example:
     >>> graph = attribute(model, "The capital of the state containing Dallas is", transcoders)
 """
 
+from sae_circuits.attribution._attention import (
+    QKAttribution,
+    attribute_attention,
+    attribute_attention_keys,
+    qk_sites,
+)
 from sae_circuits.attribution._attribute import attribute, select_logits
 from sae_circuits.attribution._backward import RowSlice, Trace, trace
 from sae_circuits.attribution._targets import (
@@ -23,6 +29,7 @@ from sae_circuits.attribution._targets import (
 )
 
 __all__ = [
+    "QKAttribution",
     "ResolvedTarget",
     "RowSlice",
     "Target",
@@ -30,6 +37,9 @@ __all__ = [
     "TargetReader",
     "Trace",
     "attribute",
+    "attribute_attention",
+    "attribute_attention_keys",
+    "qk_sites",
     "resolve_targets",
     "select_logits",
     "trace",

@@ -106,6 +106,7 @@ class Trace:
     _out_shapes: list[torch.Size]  # per block: its output (the unembed input for the last)
     _in_shapes: list[torch.Size]  # per block: the transcoder input
     _writers: list[list[_WriterGroup]]
+    _patterns: list[torch.Tensor | None]  # per block: the clean (frozen) attention pattern
     _extras: list[list[str]]  # per block: target hooks returned as extra outputs
     _extra_shapes: list[list[torch.Size]]
     _unembed: torch.Tensor  # (d_model, d_vocab)
@@ -127,6 +128,17 @@ class Trace:
     def n_sources(self) -> int:
         """Columns of a row: active features, then errors (layer-major), then tokens."""
         return NodeLayout.n_sources(self.n_active, self.n_layers, self.n_pos)
+
+    def frozen_pattern(self, layer: int) -> torch.Tensor:
+        """``(n_heads, n, n)`` the clean attention pattern of ``layer`` (what the trace freezes).
+
+        Raises:
+            ValueError: The block's attention records no ``hook_pattern``.
+        """
+        pattern = self._patterns[layer]
+        if pattern is None:
+            raise ValueError(f"block {layer} has no attention pattern hook (hook_pattern)")
+        return pattern[0]
 
     def encoder_vectors(self, rows: torch.Tensor) -> torch.Tensor:
         """Encoder directions ``(k, d_in)`` of the active features ``rows``."""
@@ -423,6 +435,7 @@ def trace(
         _out_shapes=out_shapes,
         _in_shapes=in_shapes,
         _writers=writers,
+        _patterns=[cache.get(f"blocks.{layer}.attn.hook_pattern") for layer in range(n_layers)],
         _extras=[[s.name for s in e] for e in extras],
         _extra_shapes=extra_shapes,
         _unembed=model.W_U.detach(),

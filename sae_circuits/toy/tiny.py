@@ -67,6 +67,24 @@ ARCHS: dict[str, dict[str, Any]] = {
         n_key_value_heads=2,
         original_architecture="Gemma2ForCausalLM",
     ),
+    # Gemma 3: QK-norm, local layers with their own rotary base, no attention soft-cap
+    "gemma3": dict(
+        act_fn="gelu_pytorch_tanh",
+        normalization_type="RMS",
+        gated_mlp=True,
+        positional_embedding_type="rotary",
+        final_rms=True,
+        use_normalization_before_and_after=True,
+        use_qk_norm=True,
+        rotary_base=1_000_000,
+        rotary_base_local=10_000,
+        output_logits_soft_cap=30.0,
+        use_local_attn=True,
+        window_size=4,
+        eps=1e-6,
+        n_key_value_heads=2,
+        original_architecture="Gemma3ForCausalLM",
+    ),
 }
 
 #: Transcoder input/output hook suffixes of each style, as the public releases use them.
@@ -117,7 +135,7 @@ def tiny_model(
     )
     if kw.get("positional_embedding_type") == "rotary":
         kw["rotary_dim"] = d_head
-    if arch == "gemma2":
+    if arch in ("gemma2", "gemma3"):
         kw["attn_types"] = (["global", "local"] * n_layers)[:n_layers]
     model = HookedTransformer(HookedTransformerConfig(**kw))
     gen = torch.Generator().manual_seed(seed + 1)
