@@ -176,3 +176,25 @@ def test_attention_the_method_cannot_follow_is_named():
     odd.cfg.use_qk_norm = True  # a QK-norm without rotary embeddings: no hook after the norm
     with pytest.raises(ValueError, match=r"cannot follow .*QK-norm without rotary"):
         sc.attribute_attention(odd, PROMPT, ts, layer=1, head=0, query=8, key=3)
+
+
+def test_toy_facts_heads_look_from_is_for_the_city():
+    """The worked example of docs/attention.md: layer 1's heads look from "is" for a city."""
+    from sae_circuits.toy import load_toy_labels, load_toy_model, load_toy_transcoders
+
+    model, ts = load_toy_model(), load_toy_transcoders("plt")
+    labels = load_toy_labels("plt")
+    prompt = "The capital of the state containing Dallas is"
+    keys = sc.attribute_attention_keys(model, prompt, ts, layer=1, head=2, query=8, n_keys=3)
+    assert keys[0].key == 7 and keys[0].pattern > 0.9  # "dallas"
+    qk = keys[0]
+
+    def label(row) -> str:
+        return labels[int(row["layer"])][int(row["feature"])]
+
+    top_query = qk.query_side[qk.query_side["kind"] == "feature"].iloc[0]
+    assert "'is'" in label(top_query) and int(top_query["position"]) == 8
+    key_features = qk.key_side[qk.key_side["kind"] == "feature"].head(3)
+    assert all(int(p) == 7 for p in key_features["position"])
+    assert any("city" in label(r) for _, r in key_features.iterrows())
+    assert any("texas" in label(r) for _, r in key_features.iterrows())
