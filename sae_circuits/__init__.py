@@ -32,6 +32,7 @@ from sae_circuits.attribution import (
     attribute,
     attribute_attention,
     attribute_attention_keys,
+    head_loadings,
 )
 from sae_circuits.core import HookNotFoundError
 from sae_circuits.graph import (
@@ -117,6 +118,7 @@ __all__ = [
     "check_transcoders_match",
     "compare_with_graph",
     "generate",
+    "head_loadings",
     "get_config",
     "intervene",
     "list_configs",

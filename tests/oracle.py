@@ -33,6 +33,7 @@ class FrozenOracle:
         *,
         sink: bool = True,
         hooks: tuple[str, ...] = (),
+        frozen_heads: dict[int, list[int]] | None = None,
     ):
         self.model = copy.deepcopy(model).to(torch.float64)
         self.model.cfg.dtype = torch.float64
@@ -50,6 +51,7 @@ class FrozenOracle:
         self.cache: dict[str, torch.Tensor] = {}
         self.live: dict[int, torch.Tensor] = {}
         self.hooks = tuple(hooks)  # extra activations to read targets from
+        self.frozen_heads = dict(frozen_heads or {})  # layer -> heads whose z stays clean
         self.read_out: dict[str, torch.Tensor] = {}
         # clean run: capture patterns, scales, transcoder inputs and outputs
         with torch.no_grad():
@@ -143,6 +145,18 @@ class FrozenOracle:
             return fn
 
         try:
+            for layer, heads in self.frozen_heads.items():
+                name = f"blocks.{layer}.attn.hook_z"
+
+                def freeze_z(m, a, o, name=name, heads=heads):
+                    if record:
+                        self.cache[name] = o.detach().clone()
+                        return o
+                    o = o.clone()
+                    o[:, :, heads] = self.cache[name][:, :, heads]
+                    return o
+
+                handles.append(model.hook_dict[name].register_forward_hook(freeze_z))
             for name, hp in model.hook_dict.items():
                 if name.endswith(("hook_pattern", "hook_scale")):
                     handles.append(

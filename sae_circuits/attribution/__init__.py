@@ -20,6 +20,7 @@ from sae_circuits.attribution._attention import (
 )
 from sae_circuits.attribution._attribute import attribute, select_logits
 from sae_circuits.attribution._backward import RowSlice, Trace, trace
+from sae_circuits.attribution._heads import head_loadings
 from sae_circuits.attribution._targets import (
     ResolvedTarget,
     Target,
@@ -39,6 +40,7 @@ __all__ = [
     "attribute",
     "attribute_attention",
     "attribute_attention_keys",
+    "head_loadings",
     "qk_sites",
     "resolve_targets",
     "select_logits",

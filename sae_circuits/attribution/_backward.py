@@ -27,7 +27,7 @@ kept in float32, and rows are stored in float32.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -290,6 +290,7 @@ def trace(
     attention_sink: bool = True,
     memory_budget: int | None = None,
     target_hooks: Sequence[HookSite] = (),
+    frozen_heads: Mapping[int, Collection[int]] | None = None,
 ) -> Trace:
     """Run the clean forward pass of ``tokens`` and build the frozen blocks' VJPs.
 
@@ -303,6 +304,9 @@ def trace(
         target_hooks: Hooks inside blocks that targets read (besides transcoder inputs and the
             unembedding's input): each block returns them as extra outputs of its replay, so
             that :meth:`Trace.rows` can start a backward pass there.
+        frozen_heads: Layer -> attention heads whose outputs are held at their clean values in
+            the replayed blocks, so that no direct effect passes through them (the model with
+            those heads frozen; head loadings compare such traces).
 
     Returns:
         A :class:`Trace`.
@@ -391,7 +395,9 @@ def trace(
     extra_values: dict[str, torch.Tensor] = {}
     final = None
     for layer in range(n_layers):
-        block = _FrozenBlock(model, resolved, layer, cache, clean, extras[layer])
+        block = _FrozenBlock(
+            model, resolved, layer, cache, clean, extras[layer], (frozen_heads or {}).get(layer, ())
+        )
         resid = cache[f"resid{layer}"]
         # an outer no_grad: the model's parameters require grad, and without it every row
         # batch would record (and hold on to) an autograd graph of its own backward pass
@@ -449,7 +455,8 @@ class _FrozenBlock:
     ``(resid_pre, source) -> (output, transcoder input, *extra target hooks)``: the block's
     output is the next block's input, or for the last block the unembedding's input (after the
     final norm). Patterns and norm scales are the recorded clean ones; the transcoder output hook
-    holds its clean value plus ``source`` (plus a skip transcoder's live skip path).
+    holds its clean value plus ``source`` (plus a skip transcoder's live skip path). Heads in
+    ``frozen_heads`` keep their clean output: no effect passes through them (head loadings).
     """
 
     def __init__(
@@ -460,10 +467,15 @@ class _FrozenBlock:
         cache: dict[str, torch.Tensor],
         clean: CleanRun,
         extras: Sequence[HookSite] = (),
+        frozen_heads: Collection[int] = (),
     ) -> None:
         self.model, self.resolved, self.layer = model, resolved, layer
         self.cache, self.clean = cache, clean
         self.extras = list(extras)
+        self.head_mask: torch.Tensor | None = None
+        if frozen_heads:
+            self.head_mask = torch.ones(model.cfg.n_heads)
+            self.head_mask[list(frozen_heads)] = 0.0
         self.semantics = ReplacementSemantics(resolved.transcoders)
 
     def __call__(self, resid: torch.Tensor, source: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -499,8 +511,12 @@ class _FrozenBlock:
 
             def mix(t: torch.Tensor) -> torch.Tensor:
                 if "v" not in box or pattern.shape[1] != t.shape[2]:
-                    return t  # an attention variant we do not know: autograd's own path
-                return t.detach() + frozen_mix(box["v"], pattern.to(t.dtype), int(t.shape[2]))
+                    live = t - t.detach()  # an attention variant we do not know: autograd's path
+                else:
+                    live = frozen_mix(box["v"], pattern.to(t.dtype), int(t.shape[2]))
+                if self.head_mask is not None:  # frozen heads: their outputs are constants
+                    live = live * self.head_mask.to(t.device, t.dtype)[:, None]
+                return t.detach() + live
 
             hooks += [(attn + "hook_v", keep("v")), (attn + "hook_z", mix)]
         hooks += [(self.resolved.inputs[layer], keep("x")), (self.resolved.outputs[layer], write)]
