@@ -123,7 +123,9 @@ def head_loadings(
     tr, direct = rows({layer: everything for layer in range(n_layers)})
     columns = _source_columns(graph, tr, src)
     pick_t = np.searchsorted(targets, tgt)
-    parts = [("direct", None, None, direct[pick_t, columns].numpy())]
+    parts: list[tuple[str, int | None, int | None, np.ndarray]] = [
+        ("direct", None, None, direct[pick_t, columns].numpy())
+    ]
     below = direct
     for layer in range(top + 1):
         above = {lay: everything for lay in range(layer + 1, n_layers)}
