@@ -31,6 +31,7 @@ from sae_circuits.attribution import (
     Target,
     attribute,
     attribute_attention,
+    attribute_attention_for_edge,
     attribute_attention_keys,
     head_loadings,
 )
@@ -114,6 +115,7 @@ __all__ = [
     "__version__",
     "attribute",
     "attribute_attention",
+    "attribute_attention_for_edge",
     "attribute_attention_keys",
     "check_transcoders_match",
     "compare_with_graph",

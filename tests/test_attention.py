@@ -198,3 +198,30 @@ def test_toy_facts_heads_look_from_is_for_the_city():
     assert all(int(p) == 7 for p in key_features["position"])
     assert any("city" in label(r) for _, r in key_features.iterrows())
     assert any("texas" in label(r) for _, r in key_features.iterrows())
+
+
+def test_heads_that_carry_an_edge_and_why_they_looked():
+    """toy-facts: the "texas (state of city)" feature at "dallas" reaches the "austin" logit
+    through layer 1's heads; each is explained at (query "is", key "dallas")."""
+    from sae_circuits.toy import load_toy_model, load_toy_transcoders
+
+    model, ts = load_toy_model(), load_toy_transcoders("plt")
+    prompt = "The capital of the state containing Dallas is"
+    graph = sc.attribute(model, prompt, ts)
+    nodes = graph.nodes
+    texas = (nodes["kind"] == "feature") & (nodes["layer"] == 0) & (nodes["feature"] == 320)
+    source = int(np.flatnonzero((texas & (nodes["position"] == 7)).to_numpy())[0])
+    target = int(graph.target_indices[0])  # "austin"
+    found = sc.attribute_attention_for_edge(
+        model, prompt, ts, graph, source=source, target=target, n_heads=3
+    )
+    assert [(x["layer"], x["head"]) for x, _ in found] == [(1, 2), (1, 0), (1, 1)]
+    assert sum(x["share"] for x, _ in found) == pytest.approx(1.0, abs=0.05)
+    for loading, qk in found:
+        assert (qk.layer, qk.head, qk.query, qk.key) == (1, loading["head"], 8, 7)
+        alone = sc.attribute_attention(model, prompt, ts, layer=1, head=qk.head, query=8, key=7)
+        assert qk.score == pytest.approx(alone.score, rel=1e-6)
+    with pytest.raises(ValueError, match="n_heads must be an integer >= 1"):
+        sc.attribute_attention_for_edge(
+            model, prompt, ts, graph, source=source, target=target, n_heads=0
+        )

@@ -15,6 +15,7 @@ Example:
 from sae_circuits.attribution._attention import (
     QKAttribution,
     attribute_attention,
+    attribute_attention_for_edge,
     attribute_attention_keys,
     qk_sites,
 )
@@ -39,6 +40,7 @@ __all__ = [
     "Trace",
     "attribute",
     "attribute_attention",
+    "attribute_attention_for_edge",
     "attribute_attention_keys",
     "head_loadings",
     "qk_sites",

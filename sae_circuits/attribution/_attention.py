@@ -24,6 +24,9 @@ Example:
     >>> qk.score, qk.pairs.head(), qk.query_side.nlargest(5, "contribution")
     >>> for qk in sc.attribute_attention_keys(model, prompt, transcoders, layer=2, head=1, query=8):
     ...     print(qk.key, qk.pattern, qk.score)
+    >>> for loading, qk in sc.attribute_attention_for_edge(model, prompt, transcoders, graph,
+    ...                                                     source=445, target=1244):
+    ...     print(loading["layer"], loading["head"], loading["share"], qk.pairs.head(3))
 """
 
 from __future__ import annotations
@@ -38,13 +41,20 @@ import torch
 from transformer_lens import HookedTransformer
 
 from sae_circuits.attribution._backward import Trace, trace
+from sae_circuits.attribution._heads import head_loadings
 from sae_circuits.core.hooks import resolve_hook
 from sae_circuits.core.prompts import Prompt, to_tokens, token_strings
 from sae_circuits.graph import node_id
 from sae_circuits.transcoders import check_compatible
 from sae_circuits.transcoders.sets import TranscoderSet
 
-__all__ = ["QKAttribution", "attribute_attention", "attribute_attention_keys", "qk_sites"]
+__all__ = [
+    "QKAttribution",
+    "attribute_attention",
+    "attribute_attention_for_edge",
+    "attribute_attention_keys",
+    "qk_sites",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -406,3 +416,64 @@ def _top_pairs(
     k_rows = sources.iloc[best_k.numpy()][cols].reset_index(drop=True).add_prefix("key_")
     table = pd.concat([q_rows, k_rows], axis=1)
     return table.assign(contribution=(best_v / scale).numpy())
+
+
+def attribute_attention_for_edge(
+    model: HookedTransformer,
+    prompt: Prompt,
+    transcoders: TranscoderSet,
+    graph: Any,
+    *,
+    source: int,
+    target: int,
+    n_heads: int = 3,
+    top_pairs: int = 50,
+) -> list[tuple[dict[str, Any], QKAttribution]]:
+    """Why the heads that carry a graph edge attended where they did.
+
+    The edge's head loadings (:func:`sae_circuits.head_loadings`) name the heads that deliver
+    it to the target; for each of the ``n_heads`` largest by magnitude, the QK attribution at
+    the target's position (the query) and the source's position (the key: the head's key on
+    every one-head path; on longer paths its key may be elsewhere, see
+    :func:`attribute_attention_keys`).
+
+    Args:
+        model, prompt, transcoders: As for the graph.
+        graph: The attribution graph (pruned or not).
+        source, target: Node indices of an edge of ``graph``.
+        n_heads: How many of the carrying heads to explain.
+        top_pairs: Pairs listed per head.
+
+    Returns:
+        ``(loading, qk)`` pairs, by decreasing |loading|: ``loading`` a row of the head loadings
+        (``layer``, ``head``, ``loading``, ``share`` of the edge), ``qk`` its
+        :class:`QKAttribution`. Edges carried by no head (same position) give an empty list.
+
+    Raises:
+        ValueError: Not an edge of the graph, a target that is not at a layer's MLP input or the
+            unembedding (no query position), or ``n_heads < 1``.
+    """
+    if not _is_int(n_heads) or n_heads < 1:
+        raise ValueError(f"n_heads must be an integer >= 1, got {n_heads!r}")
+    edge = pd.DataFrame({"source": [int(source)], "target": [int(target)]})
+    loads = head_loadings(model, prompt, transcoders, graph, edges=edge)
+    heads = loads[loads["part"] == "head"]
+    heads = heads.reindex(heads["loading"].abs().sort_values(ascending=False).index)[:n_heads]
+    nodes = graph.nodes
+    query = int(nodes["position"].iloc[int(target)])
+    key = int(nodes["position"].iloc[int(source)])
+    out = []
+    for row in heads.itertuples():
+        qk = attribute_attention(
+            model, prompt, transcoders, layer=int(row.layer), head=int(row.head), query=query,
+            key=key, top_pairs=top_pairs,
+            attention_sink=bool((graph.metadata.get("settings") or {}).get("attention_sink", True)),
+        )  # fmt: skip
+        loading = {
+            "layer": int(row.layer),
+            "head": int(row.head),
+            "loading": float(row.loading),
+            "share": float(row.loading / row.weight),
+        }
+        out.append((loading, qk))
+    return out
