@@ -457,23 +457,27 @@ def attribute_attention_for_edge(
         raise ValueError(f"n_heads must be an integer >= 1, got {n_heads!r}")
     edge = pd.DataFrame({"source": [int(source)], "target": [int(target)]})
     loads = head_loadings(model, prompt, transcoders, graph, edges=edge)
-    heads = loads[loads["part"] == "head"]
-    heads = heads.reindex(heads["loading"].abs().sort_values(ascending=False).index)[:n_heads]
+    is_head = (loads["part"] == "head").to_numpy()
+    values = loads["loading"].to_numpy(dtype=np.float64)[is_head]
+    layers = loads["layer"].to_numpy(dtype=np.int64, na_value=-1)[is_head]
+    head_ids = loads["head"].to_numpy(dtype=np.int64, na_value=-1)[is_head]
+    weights = loads["weight"].to_numpy(dtype=np.float64)[is_head]
+    order = np.argsort(-np.abs(values), kind="stable")[:n_heads]
     nodes = graph.nodes
     query = int(nodes["position"].iloc[int(target)])
     key = int(nodes["position"].iloc[int(source)])
+    sink = bool((graph.metadata.get("settings") or {}).get("attention_sink", True))
     out = []
-    for row in heads.itertuples():
+    for i in order.tolist():
         qk = attribute_attention(
-            model, prompt, transcoders, layer=int(row.layer), head=int(row.head), query=query,
-            key=key, top_pairs=top_pairs,
-            attention_sink=bool((graph.metadata.get("settings") or {}).get("attention_sink", True)),
+            model, prompt, transcoders, layer=int(layers[i]), head=int(head_ids[i]), query=query,
+            key=key, top_pairs=top_pairs, attention_sink=sink,
         )  # fmt: skip
         loading = {
-            "layer": int(row.layer),
-            "head": int(row.head),
-            "loading": float(row.loading),
-            "share": float(row.loading / row.weight),
+            "layer": int(layers[i]),
+            "head": int(head_ids[i]),
+            "loading": float(values[i]),
+            "share": float(values[i] / weights[i]),
         }
         out.append((loading, qk))
     return out
