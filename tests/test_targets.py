@@ -42,6 +42,14 @@ def _targets(model, ts, a: int, b: int, n_pos: int) -> list:
     ]
 
 
+def _target_graph(model, ts, **kwargs):
+    """The graph of every kind of target (:func:`_targets`) on the two top logits."""
+    base = sc.attribute(model, PROMPT, ts)
+    a, b = (int(t) for t in base.logits["token_id"][:2])
+    n = len(base.metadata["tokens"])
+    return sc.attribute(model, PROMPT, ts, targets=_targets(model, ts, a, b, n), **kwargs)
+
+
 def _hooks(graph) -> tuple[str, ...]:
     return tuple({t["hook"] for t in graph.metadata["targets"] if t["hook"] is not None})
 
@@ -51,10 +59,8 @@ def _hooks(graph) -> tuple[str, ...]:
 def test_target_rows_equal_measured_direct_effects(arch, kind):
     model, tcs = build(arch, kind)
     ts = sc.load_transcoders(tcs)
-    base = sc.attribute(model, PROMPT, ts)
-    a, b = (int(t) for t in base.logits["token_id"][:2])
-    n = len(base.metadata["tokens"])
-    graph = sc.attribute(model, PROMPT, ts, targets=_targets(model, ts, a, b, n), batch_size=64)
+    graph = _target_graph(model, ts, batch_size=64)
+    n = len(graph.metadata["tokens"])
     kinds = graph.nodes["kind"].astype(str).to_numpy()
     assert (kinds == "logit").sum() == 2 and (kinds == "target").sum() == 8
     oracle = FrozenOracle(model, ts, torch.tensor(graph.metadata["tokens"]), hooks=_hooks(graph))
@@ -106,10 +112,7 @@ def test_logit_difference_row_is_the_difference_of_logit_rows():
 def test_values_are_the_clean_run_read_outs():
     model, tcs = build("gemma2", "jumprelu")  # soft-capped logits
     ts = sc.load_transcoders(tcs)
-    base = sc.attribute(model, PROMPT, ts)
-    a, b = (int(t) for t in base.logits["token_id"][:2])
-    n = len(base.metadata["tokens"])
-    graph = sc.attribute(model, PROMPT, ts, targets=_targets(model, ts, a, b, n))
+    graph = _target_graph(model, ts)
     oracle = FrozenOracle(model, ts, torch.tensor(graph.metadata["tokens"]), hooks=_hooks(graph))
     table = graph.targets
     for row, target in zip(table.itertuples(), graph.metadata["targets"], strict=True):
@@ -124,6 +127,7 @@ def test_values_are_the_clean_run_read_outs():
             expected = float(x @ torch.tensor(target["direction"], dtype=torch.float64))
         assert row.value == pytest.approx(expected, rel=1e-4, abs=1e-4 * abs(expected) + 1e-5)
     # logits at the last position keep the salient graph's probabilities
+    base = sc.attribute(model, PROMPT, ts)
     assert table["probability"][0] == pytest.approx(float(base.logits["probability"][0]))
 
 
@@ -263,10 +267,7 @@ def test_cross_layer_transcoder_target_rows_are_exact(arch, jumprelu):
 
     model, clt = _model_and_clt(arch, jumprelu)
     ts = sc.load_transcoders(clt)
-    base = sc.attribute(model, PROMPT, ts)
-    a, b = (int(t) for t in base.logits["token_id"][:2])
-    n = len(base.metadata["tokens"])
-    graph = sc.attribute(model, PROMPT, ts, targets=_targets(model, ts, a, b, n), batch_size=64)
+    graph = _target_graph(model, ts, batch_size=64)
     oracle = FrozenOracle(model, ts, torch.tensor(graph.metadata["tokens"]), hooks=_hooks(graph))
     rng = np.random.default_rng(2)
     sources = sample_sources(graph, rng, n_features=6)
@@ -283,10 +284,7 @@ def test_cross_layer_transcoder_target_rows_are_exact(arch, jumprelu):
 def test_interventions_measure_what_the_target_rows_predict(arch, kind):
     model, tcs = build(arch, kind)
     ts = sc.load_transcoders(tcs)
-    base = sc.attribute(model, PROMPT, ts)
-    a, b = (int(t) for t in base.logits["token_id"][:2])
-    n = len(base.metadata["tokens"])
-    graph = sc.attribute(model, PROMPT, ts, targets=_targets(model, ts, a, b, n))
+    graph = _target_graph(model, ts)
     feats = graph.nodes.iloc[graph.node_indices("feature")]
     out_deg = np.asarray((graph.adjacency != 0).sum(axis=0)).ravel()[feats.index]
     group = feats[out_deg > 3].iloc[::7][:5]
