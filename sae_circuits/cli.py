@@ -11,7 +11,9 @@ By default ``attribute`` explains the salient logits at the last position; ``--t
 ask for other targets (see :mod:`sae_circuits.attribution._targets`).
 
 ``attribute`` writes a graph folder (``graph.zip``: the full graph, ``pruned.zip``: the pruned
-graph, ``graph.json``: the viewer's / Neuronpedia's JSON); ``serve`` opens it in the local viewer
+graph, ``graph.json``: the viewer's / Neuronpedia's JSON; with ``--head-loadings`` also
+``head_loadings.csv``, the pruned graph's edges split over the attention heads that carry them,
+see :func:`sae_circuits.head_loadings`); ``serve`` opens it in the local viewer
 (:mod:`sae_circuits.viewer`). Errors are reported in one line on stderr with a non-zero exit
 status: 2 for bad input (arguments, names, folders), 1 for failures while running.
 """
@@ -24,6 +26,7 @@ import math
 import re
 import shlex
 import sys
+import time
 import webbrowser
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -447,19 +450,38 @@ def _write(
     *,
     slug: str | None,
     labels: dict[str, str],
+    head_loadings: Callable[[AttributionGraph], pd.DataFrame] | None = None,
 ) -> AttributionGraph:
+    """Prune ``graph`` and write the folder; ``head_loadings(pruned)``, when given, computes the
+    pruned graph's head loadings for it."""
     from sae_circuits.viewer import default_slug, write_graph_folder
 
     try:
         pruned = graph.prune(node_threshold, edge_threshold)
     except ValueError as e:
         raise CLIError(f"cannot prune the graph: {_short(e)}", code=1) from e
+    loads = None
+    if head_loadings is not None:
+        start = time.perf_counter()
+        try:
+            loads = head_loadings(pruned)
+        except (ValueError, TypeError) as e:
+            raise CLIError(f"cannot compute the head loadings: {_short(e)}", code=1) from e
+        n_edges = loads.groupby(["source", "target"]).ngroups if len(loads) else 0
+        print(
+            f"head loadings: {n_edges} of {pruned.adjacency.nnz} edges of the pruned graph split "
+            f"over the heads that carry them ({len(loads)} parts) in "
+            f"{time.perf_counter() - start:.1f} s"
+        )
     slug = slug or default_slug(graph.metadata.get("prompt"))
     try:
-        files = write_graph_folder(out, graph, pruned, slug=slug, labels=labels)
+        files = write_graph_folder(
+            out, graph, pruned, slug=slug, labels=labels, head_loadings=loads
+        )
     except (OSError, ValueError) as e:
         raise CLIError(f"cannot write the graph folder {str(out)!r}: {_short(e)}", code=1) from e
-    print(f"wrote {files.graph}, {files.pruned}, {files.document}")
+    written = [files.graph, files.pruned, files.document, files.head_loadings]
+    print(f"wrote {', '.join(str(f) for f in written if f is not None)}")
     return pruned
 
 
@@ -533,8 +555,18 @@ def _attribute(args: argparse.Namespace) -> int:
         raise _attribute_error(e, targets) from e
     print(f"[4/4] pruning (node {args.node_threshold}, edge {args.edge_threshold}) and writing")
     labels = _feature_labels(args.model, args.transcoders, graph)
+
+    def loadings(pruned: AttributionGraph) -> pd.DataFrame:
+        return sc.head_loadings(model, args.prompt, transcoders, pruned)
+
     pruned = _write(
-        out, graph, args.node_threshold, args.edge_threshold, slug=args.slug, labels=labels
+        out,
+        graph,
+        args.node_threshold,
+        args.edge_threshold,
+        slug=args.slug,
+        labels=labels,
+        head_loadings=loadings if args.head_loadings else None,
     )
     print_summary(graph, pruned, labels, targets=bool(targets))
     if args.serve:
@@ -654,8 +686,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="compute, prune and save the attribution graph of a prompt",
         description="Compute the attribution graph of PROMPT, prune it, print a summary and write\n"
         "a graph folder: OUT/graph.zip (the full graph), OUT/pruned.zip (the pruned graph)\n"
-        "and OUT/graph.json (the viewer's / Neuronpedia's JSON). View it with\n"
-        "`sae-circuits serve OUT`.",
+        "and OUT/graph.json (the viewer's / Neuronpedia's JSON; with --head-loadings also\n"
+        "OUT/head_loadings.csv). View it with `sae-circuits serve OUT`.",
         epilog="targets:\n"
         "  Without --target, --logit-diff or --direction the graph explains the salient logits\n"
         "  at the last position (--max-n-logits, --desired-logit-prob). With them it explains\n"
@@ -762,6 +794,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.98,
         metavar="T",
         help="pruning: keep the edges holding this share of influence (default: 0.98)",
+    )
+    att.add_argument(
+        "--head-loadings",
+        action="store_true",
+        help="also split each edge of the pruned graph over the attention heads that carry it "
+        "(sae_circuits.head_loadings; one trace of the pruned graph's targets per head, so slow "
+        "on large models); saved as OUT/head_loadings.csv and shown in the viewer",
     )
     att.add_argument("--slug", help="graph name in graph.json (default: from the prompt)")
     att.add_argument("--device", help="device of the model (default: the loader's)")

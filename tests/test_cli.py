@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -70,6 +71,32 @@ def test_attribute_writes_graph_folder(attributed: tuple[Path, str]):
     assert doc["metadata"]["prompt"] == PROMPT
     assert len(doc["links"]) == pruned.adjacency.nnz
     assert not (out / "annotations.json").exists()
+
+
+def test_head_loadings_are_written_and_shown(tmp_path: Path, capsys):
+    out = tmp_path / "out"
+    argv = ["attribute", PROMPT, *TINY, "--max-feature-nodes", "40", "-q", "-o", str(out)]
+    assert main([*argv, "--head-loadings"]) == 0
+    stdout = capsys.readouterr().out
+    pruned = AttributionGraph.load(out / "pruned.zip")
+    n = pruned.adjacency.nnz
+    assert f"head loadings: {n} of {n} edges of the pruned graph" in stdout
+    loads = pd.read_csv(out / "head_loadings.csv")
+    assert {"source", "target", "source_id", "target_id", "layer", "head", "loading"} <= set(loads)
+    totals = loads.groupby(["source", "target"])["loading"].sum()
+    weights = pruned.adjacency.tocsr()[
+        totals.index.get_level_values("target"), totals.index.get_level_values("source")
+    ]
+    assert len(totals) == n
+    assert_close(totals.to_numpy(), np.asarray(weights).ravel(), rtol=1e-4, what="loadings")
+    doc = json.loads((out / "graph.json").read_text())
+    assert all(1 <= len(link["heads"]) <= 5 for link in doc["links"])
+    assert doc["metadata"]["sae_circuits"]["head_loadings"]["n_links"] == n
+    # without the option (again, --overwrite): no loadings, the old ones removed
+    assert main([*argv, "--overwrite"]) == 0
+    assert "head loadings" not in capsys.readouterr().out
+    assert not (out / "head_loadings.csv").exists()
+    assert not any("heads" in x for x in json.loads((out / "graph.json").read_text())["links"])
 
 
 def test_attribute_prints_a_summary(attributed: tuple[Path, str]):
@@ -204,6 +231,7 @@ def test_help(capsys, command: list[str]):
         for option in ("--target TOKEN", "--logit-diff A B", "--direction LABEL FILE [HOOK]"):
             assert option in out, option
         assert "ignored when targets are given" in out
+        assert "--head-loadings" in out
 
 
 def test_missing_command_exits_2(capsys):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import shutil
 import threading
@@ -349,4 +350,83 @@ def test_custom_targets_are_drawn_with_the_logits_and_explained(viewer: Viewer):
     shown = float(page.inner_text('#details-fields dd[data-field="value (clean run)"]'))
     assert shown == pytest.approx(float(graph.targets["value"][2]), abs=1e-3)
     assert page.locator('#details-fields dd[data-field="probability"]').count() == 0
+    assert viewer.errors == []
+
+
+def _percent(share: float) -> str:
+    """The page's percentage of a share (halves rounded away from zero)."""
+    p = share * 100
+    r = int(math.copysign(math.floor(abs(p) + 0.5), p))
+    if r == 0 and p != 0:
+        return "-<1%" if p < 0 else "<1%"
+    return f"{r}%"
+
+
+def _heads_line(heads: list[dict[str, Any]]) -> str:
+    """The page's line of an edge's heads (parts under half a percent left out, the rest of the
+    edge as ``other``)."""
+    shown = [h for i, h in enumerate(heads) if i == 0 or abs(h["share"]) >= 0.005]
+    parts = [f"{_head_name(h)} {_percent(h['share'])}" for h in shown]
+    rest = 1 - sum(h["share"] for h in shown)
+    if abs(rest) >= 0.005:
+        parts.append(f"other {_percent(rest)}")
+    return "via " + ", ".join(parts)
+
+
+def _head_name(part: dict[str, Any]) -> str:
+    return "direct" if part["layer"] is None else f"L{part['layer']}H{part['head']}"
+
+
+def _listed(doc: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """The incoming edges the details panel lists by node: the 8 largest |weight|, in the
+    document's order on ties (as the page's stable sort)."""
+    incoming: dict[str, list[dict[str, Any]]] = {}
+    for link in doc["links"]:
+        incoming.setdefault(link["target"], []).append(link)
+    return {t: sorted(ls, key=lambda x: -abs(x["weight"]))[:8] for t, ls in incoming.items()}
+
+
+def test_details_panel_shows_the_heads_of_an_edge(viewer: Viewer):
+    shutil.rmtree(viewer.folder)
+    make_graph_folder(viewer.folder, heads=True)
+    viewer.open()
+    page = viewer.page
+    doc = json.loads((viewer.folder / "graph.json").read_text())
+    assert "heads of" in page.inner_text("#stats")
+    # a feature whose strongest incoming edge is split over several parts
+    incoming = _listed(doc)
+    kinds = {n["node_id"]: n["kind"] for n in doc["nodes"]}
+    node_id = next(
+        t for t, top in incoming.items() if kinds[t] == "feature" and len(top[0]["heads"]) >= 2
+    )
+    link = incoming[node_id][0]
+    viewer.node(node_id).click()
+    first = page.locator("#incoming li").first
+    assert first.locator("button").get_attribute("data-goto") == link["source"]
+    # e.g. "via L0H3 88%, L0H2 10%, L0H1 2%": the largest part first, shares of the edge
+    assert first.locator(".heads").inner_text() == _heads_line(link["heads"])
+    assert page.locator("#incoming li .heads").count() == len(incoming[node_id])
+    # re-pruned looser: the edges the written pruned graph did not have show no heads
+    page.fill("#node-threshold", "0.95")
+    page.fill("#edge-threshold", "0.99")  # the inputs' step is 0.01
+    page.click("#threshold-apply")
+    looser = GraphSource(viewer.folder).document(node_threshold=0.95, edge_threshold=0.99)
+    page.wait_for_function(
+        "n => document.querySelectorAll('#graph-svg [data-node]').length === n",
+        arg=len(looser["nodes"]),
+    )
+    # a node whose listed incoming edges have heads and have none
+    listed = _listed(looser)
+    node_id = next(
+        t
+        for t, top in listed.items()
+        if any("heads" in x for x in top) and any("heads" not in x for x in top)
+    )
+    top = listed[node_id]
+    viewer.node(node_id).click()
+    items = page.locator("#incoming li")
+    assert items.count() == len(top)
+    for i, x in enumerate(top):
+        assert items.nth(i).locator("button").get_attribute("data-goto") == x["source"]
+        assert items.nth(i).locator(".heads").count() == ("heads" in x)
     assert viewer.errors == []

@@ -17,10 +17,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
 import pytest
 
 import sae_circuits as sc
-from sae_circuits.graph._export import node_ids
+from sae_circuits.graph._export import node_ids, to_neuronpedia
 from sae_circuits.graph._graph import AttributionGraph
 from sae_circuits.viewer import (
     AnnotationError,
@@ -41,9 +43,11 @@ from sae_circuits.viewer.security import (
 )
 
 from .conftest import PROMPT, build
+from .tolerance import assert_close
 
 SECRET = "TOP-SECRET-MARKER-4711"
 _GRAPHS: list[tuple[AttributionGraph, AttributionGraph]] = []
+_LOADINGS: list[pd.DataFrame] = []
 
 
 def tiny_graphs() -> tuple[AttributionGraph, AttributionGraph]:
@@ -55,10 +59,21 @@ def tiny_graphs() -> tuple[AttributionGraph, AttributionGraph]:
     return _GRAPHS[0]
 
 
-def make_graph_folder(folder: Path) -> Path:
-    """A graph folder (graph.zip, pruned.zip, graph.json) of the tiny model in ``folder``."""
+def tiny_head_loadings() -> pd.DataFrame:
+    """``sc.head_loadings`` of every edge of :func:`tiny_graphs`' pruned graph, computed once."""
+    if not _LOADINGS:
+        model, tcs = build("llama", "skip")
+        _, pruned = tiny_graphs()
+        _LOADINGS.append(sc.head_loadings(model, PROMPT, sc.load_transcoders(tcs), pruned))
+    return _LOADINGS[0]
+
+
+def make_graph_folder(folder: Path, *, heads: bool = False) -> Path:
+    """A graph folder (graph.zip, pruned.zip, graph.json; with ``heads``, head_loadings.csv) of
+    the tiny model in ``folder``."""
     graph, pruned = tiny_graphs()
-    write_graph_folder(folder, graph, pruned, slug="test")
+    loads = tiny_head_loadings() if heads else None
+    write_graph_folder(folder, graph, pruned, slug="test", head_loadings=loads)
     return folder
 
 
@@ -200,6 +215,110 @@ def test_source_refuses_folders_without_a_graph(tmp_path: Path):
         GraphSource(tmp_path / "missing")
     with pytest.raises(GraphFolderError, match="holds no graph"):
         GraphSource(tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------
+# head loadings
+
+
+def _edge_parts(loads: pd.DataFrame, pruned: AttributionGraph) -> dict[tuple[str, str], Any]:
+    """The loadings table by link (source id, target id)."""
+    ids, _ = node_ids(pruned)
+    keys = [(ids[s], ids[t]) for s, t in zip(loads["source"], loads["target"], strict=True)]
+    return dict(iter(loads.groupby(pd.Index(keys, tupleize_cols=False), sort=False)))
+
+
+def test_links_carry_the_heads_of_their_edges(tmp_path: Path):
+    _, pruned = tiny_graphs()
+    loads = tiny_head_loadings()
+    files = make_graph_folder(tmp_path / "graph", heads=True)
+    doc = json.loads((files / "graph.json").read_text())
+    links = doc["links"]
+    assert all("heads" in link for link in links)  # every edge was split
+    assert doc["metadata"]["sae_circuits"]["head_loadings"] == {
+        "n_links": len(links),
+        "max_heads": 5,
+    }
+    parts = _edge_parts(loads, pruned)
+    weights = np.array([link["weight"] for link in links])
+    # every part of an edge (the whole table) sums to its weight
+    totals = np.array([parts[(x["source"], x["target"])]["loading"].sum() for x in links])
+    assert_close(totals, weights, rtol=1e-4, what="loadings of each edge")
+    complete = []
+    for link in links:
+        heads, table = link["heads"], parts[(link["source"], link["target"])]
+        assert 1 <= len(heads) <= 5
+        magnitudes = [abs(h["loading"]) for h in heads]
+        assert magnitudes == sorted(magnitudes, reverse=True)
+        assert magnitudes == sorted(table["loading"].abs(), reverse=True)[: len(heads)]
+        for h in heads:
+            assert h["share"] == pytest.approx(h["loading"] / link["weight"], rel=1e-12)
+            assert (h["layer"] is None) == (h["head"] is None)  # the direct part: both null
+        if len(table) <= 5:  # all parts shown: they sum to the weight
+            complete.append((sum(h["loading"] for h in heads), link["weight"]))
+    assert len(complete) > 10
+    assert_close(*np.array(complete).T, rtol=1e-4, what="shown loadings of each edge")
+    assert any(h["layer"] is None for x in links for h in x["heads"])  # some direct parts
+    # Neuronpedia's format has no place for them: its export is unchanged
+    exported = to_neuronpedia(pruned, slug="test", scan="local")
+    assert exported["links"] == [{k: v for k, v in x.items() if k != "heads"} for x in links]
+    # the table is kept next to the graph, with node ids
+    saved = pd.read_csv(files / "head_loadings.csv")
+    assert len(saved) == len(loads)
+    assert_close(saved["loading"], loads["loading"], eps=1e-16, what="saved loadings")
+    ids, _ = node_ids(pruned)
+    assert saved["source_id"].tolist() == [ids[i] for i in loads["source"]]
+    assert set(saved["part"]) == {"head", "direct"}
+
+
+def test_repruned_documents_keep_the_heads_they_have(tmp_path: Path):
+    """Loadings exist for the written pruned graph's edges only: a re-pruned document gives
+    those links their heads (matched by node ids) and the others none."""
+    folder = make_graph_folder(tmp_path / "graph", heads=True)
+    source = GraphSource(folder)
+    saved = {(x["source"], x["target"]): x["heads"] for x in source.document()["links"]}
+    for nt, et in ((0.5, 0.9), (0.95, 0.99)):
+        doc = source.document(node_threshold=nt, edge_threshold=et)
+        with_heads = [x for x in doc["links"] if "heads" in x]
+        for link in doc["links"]:
+            key = (link["source"], link["target"])
+            assert link.get("heads") == saved.get(key)
+        meta = doc["metadata"]["sae_circuits"]["head_loadings"]
+        assert meta == {"n_links": len(with_heads), "max_heads": 5}
+        json.loads(source.document_bytes(nt, et))  # what the server sends
+    assert 0 < len(with_heads) < len(doc["links"])  # the looser pruning has edges without
+    # no head_loadings.csv, or one that cannot be read: no heads, still served
+    (folder / "head_loadings.csv").write_text("not,a\nloadings,table\n")
+    doc = source.document(node_threshold=0.95, edge_threshold=0.99)
+    assert not any("heads" in x for x in doc["links"])
+    assert doc["metadata"]["sae_circuits"]["head_loadings"] is None
+    (folder / "head_loadings.csv").unlink()
+    assert not any("heads" in x for x in source.document(0.5, 0.9)["links"])
+
+
+def test_head_loadings_must_be_of_the_pruned_graph(tmp_path: Path):
+    graph, pruned = tiny_graphs()
+    loads = tiny_head_loadings()
+    folder = tmp_path / "graph"
+    # loadings of another graph (the full one's indices): refused before anything is written
+    shifted = loads.assign(source=loads["source"] + 1)
+    with pytest.raises(ValueError, match=r"head_loadings .*sc\.head_loadings\(model"):
+        write_graph_folder(folder, graph, pruned, head_loadings=shifted)
+    assert not folder.exists()
+    with pytest.raises(ValueError, match="lacks column"):
+        write_graph_folder(folder, graph, pruned, head_loadings=loads.drop(columns="loading"))
+    # some edges only: the others have no heads
+    some = loads[loads["target"] == loads["target"].iloc[0]]
+    files = write_graph_folder(folder, graph, pruned, head_loadings=some)
+    doc = json.loads(files.document.read_text())
+    n = some.groupby(["source", "target"]).ngroups
+    assert sum("heads" in x for x in doc["links"]) == n < len(doc["links"])
+    # writing the folder again without loadings removes the old ones
+    files = write_graph_folder(folder, graph, pruned)
+    assert files.head_loadings is None and not (folder / "head_loadings.csv").exists()
+    doc = json.loads(files.document.read_text())
+    assert doc["metadata"]["sae_circuits"]["head_loadings"] is None
+    assert not any("heads" in x for x in doc["links"])
 
 
 # ---------------------------------------------------------------------------------------------

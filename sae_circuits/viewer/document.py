@@ -9,6 +9,9 @@ A *graph folder* (what ``sae-circuits attribute -o OUT`` writes) holds:
 ``graph.json``                the viewer document of the pruned graph: Neuronpedia's graph JSON
                               (:func:`sae_circuits.graph.to_neuronpedia`, uploadable as is) plus
                               the fields below
+``head_loadings.csv``         optional: the pruned graph's edges split over the attention heads
+                              that carry them (:func:`sae_circuits.head_loadings`, node indices of
+                              ``pruned.zip`` plus the node ids), see below
 ``annotations.json``          the user's labels, supernodes and pins (written by the viewer, see
                               :mod:`sae_circuits.viewer.annotations`)
 ============================  =====================================================================
@@ -21,6 +24,16 @@ Cantor-paired), ``token``, ``node_influence`` (the node's own influence on the l
 ``influence`` is the cumulative share) and ``neuronpedia_url`` (when the transcoders carry
 Neuronpedia ids); and a ``metadata.sae_circuits`` block with the layer count, model, thresholds,
 sizes before pruning and the replacement / completeness scores.
+
+With head loadings (``write_graph_folder(..., head_loadings=sc.head_loadings(model, prompt,
+transcoders, pruned))``) each link that has some gets ``heads``: its parts, largest ``|loading|``
+first, at most :data:`MAX_HEADS`, each ``{"layer", "head", "loading", "share"}`` (``share`` =
+``loading / weight``; ``layer`` and ``head`` are ``null`` for the direct part, the part that goes
+through no head), and ``metadata.sae_circuits.head_loadings`` says so (``{"n_links",
+"max_heads"}``; ``null`` without). Neuronpedia's graph format has no place for per-edge heads:
+they live only in the viewer document (``to_neuronpedia`` writes none). A document re-pruned at
+other thresholds takes them from ``head_loadings.csv``, matched by node ids and weight: the links
+that were in the written pruned graph keep their heads, the others (never computed) have none.
 
 Example:
     >>> pruned = graph.prune(0.8, 0.98)
@@ -37,10 +50,10 @@ import math
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import pandas as pd
@@ -63,6 +76,8 @@ if TYPE_CHECKING:
 __all__ = [
     "DOCUMENT_FILE",
     "GRAPH_FILE",
+    "HEAD_LOADINGS_FILE",
+    "MAX_HEADS",
     "PRUNED_FILE",
     "GraphFolderError",
     "GraphFolderFiles",
@@ -77,6 +92,9 @@ logger = logging.getLogger(__name__)
 GRAPH_FILE = "graph.zip"
 PRUNED_FILE = "pruned.zip"
 DOCUMENT_FILE = "graph.json"
+HEAD_LOADINGS_FILE = "head_loadings.csv"
+#: The most head parts a link of the document carries (the largest ``|loading|`` first).
+MAX_HEADS = 5
 DEFAULT_THRESHOLDS = (0.8, 0.98)
 _KIND_BY_TYPE = {
     "cross layer transcoder": "feature",
@@ -99,12 +117,14 @@ class GraphFolderFiles:
         graph: The full graph (``graph.zip``), or ``None`` when not written.
         pruned: The pruned graph (``pruned.zip``).
         document: The viewer / Neuronpedia document (``graph.json``).
+        head_loadings: The head loadings (``head_loadings.csv``), or ``None`` when not given.
     """
 
     folder: Path
     graph: Path | None
     pruned: Path
     document: Path
+    head_loadings: Path | None = None
 
 
 def default_slug(prompt: Any) -> str:
@@ -149,6 +169,189 @@ def _optional_int(v: Any) -> int | None:
     return None if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)) else int(v)
 
 
+#: Head parts by link (source id, target id): (the edge's weight, [(layer, head, loading), ...]),
+#: the largest ``|loading|`` first, at most ``MAX_HEADS``; layer and head ``None`` for the direct
+#: part.
+_LinkHeads = dict[tuple[str, str], tuple[float, list[tuple[int | None, int | None, float]]]]
+_LOADING_COLUMNS = ("source", "target", "weight", "layer", "head", "loading")
+
+
+def _same_weight(a: float, b: float) -> bool:
+    """The same edge weight, also after a trip through text (float32 weights, 1e-5 relative)."""
+    return abs(a - b) <= 1e-5 * max(abs(a), abs(b))
+
+
+def _nullable_ints(table: pd.DataFrame, name: str) -> np.ndarray:
+    """A column of whole numbers or missing values as an object array of ``int`` / ``None``."""
+    column = cast("pd.Series", table[name]).astype("Int64")
+    return np.array([None if v is pd.NA else int(v) for v in column.tolist()], dtype=object)
+
+
+def _head_columns(table: pd.DataFrame, what: str) -> tuple[np.ndarray, ...]:
+    """``weight``, ``layer``, ``head`` (object arrays, ``None`` for the direct part), ``loading``
+    of a loadings table, checked."""
+    missing = [c for c in _LOADING_COLUMNS if c not in table.columns]
+    if missing:
+        raise ValueError(
+            f"{what} lacks column(s) {missing}; expected the table of sae_circuits.head_loadings "
+            f"({', '.join(_LOADING_COLUMNS)})"
+        )
+    weight = table["weight"].to_numpy(dtype=np.float64)
+    loading = table["loading"].to_numpy(dtype=np.float64)
+    if not (np.isfinite(weight).all() and np.isfinite(loading).all()):
+        raise ValueError(f"{what} holds non-finite weights or loadings")
+    try:
+        layer = _nullable_ints(table, "layer")
+        head = _nullable_ints(table, "head")
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{what}: layer and head must be whole numbers or missing ({e})") from e
+    if any((a is None) != (b is None) for a, b in zip(layer, head, strict=True)):
+        raise ValueError(f"{what}: a row has a layer without a head or a head without a layer")
+    return weight, layer, head, loading
+
+
+def _link_heads(
+    source_ids: Sequence[str] | np.ndarray,
+    target_ids: Sequence[str] | np.ndarray,
+    weight: np.ndarray,
+    layer: np.ndarray,
+    head: np.ndarray,
+    loading: np.ndarray,
+) -> _LinkHeads:
+    """The largest ``MAX_HEADS`` parts of each edge (rows of one edge share their ids)."""
+    sources = np.asarray(source_ids, dtype=object)
+    targets = np.asarray(target_ids, dtype=object)
+    s_code = pd.factorize(sources)[0]
+    t_code = pd.factorize(targets)[0]
+    order = np.lexsort((-np.abs(loading), t_code, s_code))  # by edge, largest |loading| first
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = (s_code[order][1:] != s_code[order][:-1]) | (
+        t_code[order][1:] != t_code[order][:-1]
+    )
+    starts = np.flatnonzero(first)
+    rank = np.arange(len(order)) - starts[np.cumsum(first) - 1]
+    out: _LinkHeads = {}
+    for i in order[rank < MAX_HEADS].tolist():
+        key = (str(sources[i]), str(targets[i]))
+        entry = out.get(key)
+        if entry is None:
+            entry = out[key] = (float(weight[i]), [])
+        lay, hd = layer[i], head[i]
+        entry[1].append(
+            (None if lay is None else int(lay), None if hd is None else int(hd), float(loading[i]))
+        )
+    return out
+
+
+def _graph_heads(graph: AttributionGraph, table: pd.DataFrame) -> _LinkHeads:
+    """``_LinkHeads`` of ``sc.head_loadings(..., graph)``'s table, checked against ``graph``."""
+    what = "head_loadings"
+    weight, layer, head, loading = _head_columns(table, what)
+    try:
+        src = table["source"].to_numpy(dtype=np.int64)
+        tgt = table["target"].to_numpy(dtype=np.int64)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{what}: source and target must be node indices ({e})") from e
+    n = graph.n_nodes
+    bad = (src < 0) | (src >= n) | (tgt < 0) | (tgt >= n)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(
+            f"{what} has an edge ({src[i]} -> {tgt[i]}) with a node outside the pruned graph's "
+            f"0..{n - 1}: compute them on the pruned graph written, with its node indices: "
+            "sc.head_loadings(model, prompt, transcoders, pruned)"
+        )
+    have = np.asarray(graph.adjacency.tocsr()[tgt, src], dtype=np.float64).ravel()
+    off = (have == 0) | (np.abs(have - weight) > 1e-5 * np.maximum(np.abs(have), np.abs(weight)))
+    if off.any():
+        i = int(np.flatnonzero(off)[0])
+        why = "not an edge of the pruned graph" if have[i] == 0 else "another weight there"
+        raise ValueError(
+            f"{what} has a row for ({src[i]} -> {tgt[i]}) with weight {weight[i]:.6g}, which is "
+            f"{why}: compute them on the pruned graph written, with its node indices: "
+            "sc.head_loadings(model, prompt, transcoders, pruned)"
+        )
+    ids, _ = node_ids(graph)
+    return _link_heads(
+        [ids[i] for i in src.tolist()], [ids[i] for i in tgt.tolist()], have, layer, head, loading
+    )
+
+
+def _read_head_loadings(path: str | Path) -> _LinkHeads:
+    """The ``_LinkHeads`` of a folder's ``head_loadings.csv`` (matched to links by node ids).
+
+    Raises:
+        ValueError: The file is not such a table (missing columns, bad values).
+        OSError: It cannot be read.
+    """
+    try:
+        table = pd.read_csv(path, dtype={"source_id": "string", "target_id": "string"})
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not a CSV table ({e})") from e
+    what = str(path)
+    for column in ("source_id", "target_id"):
+        if column not in table.columns or cast("pd.Series", table[column]).isna().any():
+            raise ValueError(f"{what} needs node ids in '{column}' on every row")
+    weight, layer, head, loading = _head_columns(table, what)
+    keep = weight != 0
+    return _link_heads(
+        table["source_id"].to_numpy(dtype=object)[keep],
+        table["target_id"].to_numpy(dtype=object)[keep],
+        weight[keep],
+        layer[keep],
+        head[keep],
+        loading[keep],
+    )
+
+
+def _attach_heads(doc: dict[str, Any], heads: _LinkHeads) -> None:
+    """Give each link of ``doc`` that has head parts in ``heads`` (same ids, same weight) its
+    ``heads``, and record them in ``metadata.sae_circuits.head_loadings``."""
+    n = stale = 0
+    for link in doc["links"]:
+        got = heads.get((link["source"], link["target"]))
+        if got is None:
+            continue
+        weight, parts = got
+        w = float(link["weight"])
+        if w == 0 or not _same_weight(w, weight):
+            stale += 1
+            continue
+        link["heads"] = [
+            {"layer": lay, "head": hd, "loading": x, "share": x / w} for lay, hd, x in parts
+        ]
+        n += 1
+    if stale:
+        logger.warning(
+            "%d link(s) have another weight in the head loadings (written for another graph?); "
+            "they are shown without heads",
+            stale,
+        )
+    doc["metadata"]["sae_circuits"]["head_loadings"] = {"n_links": n, "max_heads": MAX_HEADS}
+
+
+def _loadings_csv(graph: AttributionGraph, table: pd.DataFrame) -> bytes:
+    """``head_loadings.csv``: the table with the node ids of its (pruned-graph) node indices."""
+    ids, _ = node_ids(graph)
+    src = table["source"].to_numpy(dtype=np.int64)
+    tgt = table["target"].to_numpy(dtype=np.int64)
+    layer = _nullable_ints(table, "layer")
+    out = pd.DataFrame(
+        {
+            "source": src,
+            "target": tgt,
+            "source_id": [ids[i] for i in src.tolist()],
+            "target_id": [ids[i] for i in tgt.tolist()],
+            "weight": table["weight"].to_numpy(dtype=np.float64),
+            "layer": pd.array(layer.tolist(), dtype="Int64"),
+            "head": pd.array(_nullable_ints(table, "head").tolist(), dtype="Int64"),
+            "part": ["direct" if v is None else "head" for v in layer.tolist()],
+            "loading": table["loading"].to_numpy(dtype=np.float64),
+        }
+    )
+    return out.to_csv(index=False).encode("utf-8")
+
+
 def build_document(
     graph: AttributionGraph,
     *,
@@ -156,6 +359,7 @@ def build_document(
     scan: str | None = None,
     labels: Mapping[str, str] | None = None,
     full_scores: GraphScores | Mapping[str, float] | None = None,
+    head_loadings: pd.DataFrame | None = None,
 ) -> dict[str, Any]:
     """The viewer document of a (pruned) graph: Neuronpedia's graph JSON plus viewer fields.
 
@@ -167,13 +371,17 @@ def build_document(
             model name, else ``"local"``.
         labels: Feature labels by node id (Neuronpedia's ``clerp``), e.g. automatic labels.
         full_scores: Scores of the unpruned graph, recorded next to this graph's own.
+        head_loadings: ``sc.head_loadings(model, prompt, transcoders, graph)`` (of this graph,
+            with its node indices; a subset of its edges is fine): links get ``heads``.
 
     Returns:
         A JSON-able dict (see the module docstring).
 
     Raises:
-        ValueError: Bad slug, or the layer count is unknown (see ``to_neuronpedia``).
+        ValueError: Bad slug, the layer count is unknown (see ``to_neuronpedia``), or
+            ``head_loadings`` are not of this graph's edges.
     """
+    heads = _graph_heads(graph, head_loadings) if head_loadings is not None else None
     doc = to_neuronpedia(graph, slug=slug, scan=scan if scan is not None else _default_scan(graph))
     ids, _ = node_ids(graph)
     row = {nid: i for i, nid in enumerate(ids)}
@@ -236,7 +444,10 @@ def build_document(
         "n_edges_before": pruning.get("n_edges_before", int(graph.adjacency.nnz)),
         "scores": own_scores,
         "full_scores": _scores(full_scores),
+        "head_loadings": None,
     }
+    if heads is not None:
+        _attach_heads(doc, heads)
     return doc
 
 
@@ -252,10 +463,14 @@ def write_graph_folder(
     slug: str = "graph",
     scan: str | None = None,
     labels: Mapping[str, str] | None = None,
+    head_loadings: pd.DataFrame | None = None,
 ) -> GraphFolderFiles:
-    """Write a graph folder: ``graph.zip`` (if ``graph``), ``pruned.zip`` and ``graph.json``.
+    """Write a graph folder: ``graph.zip`` (if ``graph``), ``pruned.zip``, ``graph.json`` and,
+    with ``head_loadings``, ``head_loadings.csv``.
 
-    Every file is written atomically; an existing ``annotations.json`` is left alone.
+    Every file is written atomically; an existing ``annotations.json`` is left alone, an existing
+    ``head_loadings.csv`` is removed when no ``head_loadings`` are given (it belonged to the
+    graph written before).
 
     Args:
         folder: The folder (created with its parents if missing).
@@ -264,26 +479,47 @@ def write_graph_folder(
         slug: Name of the graph in ``graph.json``.
         scan: Neuronpedia model id (see :func:`build_document`).
         labels: Feature labels by node id (see :func:`build_document`).
+        head_loadings: ``sc.head_loadings(model, prompt, transcoders, pruned)``: the *pruned*
+            graph's edges (all or some) split over the heads that carry them, with the pruned
+            graph's node indices. Saved as ``head_loadings.csv`` (with the node ids) and shown
+            in the viewer (links' ``heads``).
 
     Returns:
         The files written.
+
+    Raises:
+        ValueError: Bad slug (see :func:`build_document`), or ``head_loadings`` are not of the
+            pruned graph's edges (nothing is written then).
     """
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     full_scores = None
-    graph_path = None
     if graph is not None:
-        graph_path = graph.save(folder / GRAPH_FILE)
         try:
             full_scores = graph.scores()
         except ValueError:
             full_scores = None
-    pruned_path = pruned.save(folder / PRUNED_FILE)
-    doc = build_document(pruned, slug=slug, scan=scan, labels=labels, full_scores=full_scores)
+    # the document first: it checks slug and head loadings before anything is written
+    doc = build_document(
+        pruned,
+        slug=slug,
+        scan=scan,
+        labels=labels,
+        full_scores=full_scores,
+        head_loadings=head_loadings,
+    )
     data = _dump(doc)
+    folder.mkdir(parents=True, exist_ok=True)
+    if head_loadings is None:
+        (folder / HEAD_LOADINGS_FILE).unlink(missing_ok=True)
+    graph_path = graph.save(folder / GRAPH_FILE) if graph is not None else None
+    pruned_path = pruned.save(folder / PRUNED_FILE)
+    heads_path = None
+    if head_loadings is not None:
+        table = _loadings_csv(pruned, head_loadings)
+        heads_path = atomic_write(folder / HEAD_LOADINGS_FILE, lambda f: f.write(table))
     doc_path = atomic_write(folder / DOCUMENT_FILE, lambda f: f.write(data))
     logger.info("wrote graph folder %s", folder)
-    return GraphFolderFiles(folder, graph_path, pruned_path, doc_path)
+    return GraphFolderFiles(folder, graph_path, pruned_path, doc_path, heads_path)
 
 
 def _thresholds(doc: Mapping[str, Any]) -> tuple[float | None, float | None]:
@@ -348,7 +584,10 @@ class GraphSource:
     """Serves the documents of one graph folder, re-pruning the full graph on request.
 
     Files are re-read when they change on disk (by modification time and size); re-pruned
-    documents are cached (least recently used first out).
+    documents are cached (least recently used first out). Documents built here (re-pruned, or
+    from ``pruned.zip`` / ``graph.zip`` without ``graph.json``) take their links' ``heads`` from
+    ``head_loadings.csv`` when the folder has one (matched by node ids and weight; links it does
+    not cover have none).
 
     Args:
         folder: The graph folder.
@@ -401,6 +640,31 @@ class GraphSource:
 
         return self._cached(("graph", *self._stamp(path)), lambda: AttributionGraph.load(path))
 
+    def _heads(self) -> tuple[tuple[Any, ...], _LinkHeads | None]:
+        """(cache stamp, link heads) of ``head_loadings.csv``; a file that cannot be read is
+        logged and left out (the graph is shown without heads)."""
+        path = self._file(HEAD_LOADINGS_FILE)
+        if path is None:
+            return ("no heads",), None
+        stamp = self._stamp(path)
+
+        def read() -> _LinkHeads | None:
+            try:
+                return _read_head_loadings(path)
+            except (OSError, ValueError) as e:
+                logger.warning("ignoring %s: %s", path, e)
+                return None
+
+        return stamp, self._cached(("heads", *stamp), read)
+
+    def _build(
+        self, graph: AttributionGraph, heads: _LinkHeads | None, **kw: Any
+    ) -> dict[str, Any]:
+        doc = build_document(graph, **kw)
+        if heads is not None:
+            _attach_heads(doc, heads)
+        return doc
+
     def _base(self) -> dict[str, Any]:
         doc_path = self._file(DOCUMENT_FILE)
         if doc_path is not None:
@@ -413,18 +677,19 @@ class GraphSource:
                 return _check_document(doc, doc_path)
 
             return self._cached(("doc", *self._stamp(doc_path)), read)
+        heads_stamp, heads = self._heads()
         pruned_path = self._file(PRUNED_FILE)
         if pruned_path is not None:
             return self._cached(
-                ("built", *self._stamp(pruned_path)),
-                lambda: build_document(self._load_graph(pruned_path)),
+                ("built", *self._stamp(pruned_path), *heads_stamp),
+                lambda: self._build(self._load_graph(pruned_path), heads),
             )
         graph_path = self._file(GRAPH_FILE)
         if graph_path is None:
             raise GraphFolderError(f"{self.folder} no longer holds a graph")
         return self._cached(
-            ("built", *self._stamp(graph_path), *DEFAULT_THRESHOLDS),
-            lambda: build_document(self._load_graph(graph_path).prune(*DEFAULT_THRESHOLDS)),
+            ("built", *self._stamp(graph_path), *heads_stamp, *DEFAULT_THRESHOLDS),
+            lambda: self._build(self._load_graph(graph_path).prune(*DEFAULT_THRESHOLDS), heads),
         )
 
     def document(
@@ -489,17 +754,18 @@ class GraphSource:
             if isinstance(n.get("clerp"), str) and n["clerp"] and kind_of(n) != "logit"
         }
         full_scores = (meta.get("sae_circuits") or {}).get("full_scores")
+        heads_stamp, heads = self._heads()
 
         def make() -> dict[str, Any]:
             graph = self._load_graph(graph_path)
             pruned = graph.prune(nt, et)
             raw_scan = meta.get("scan")
             scan = raw_scan if isinstance(raw_scan, str) else None
-            doc = build_document(pruned, slug=slug, scan=scan, labels=labels)
+            doc = self._build(pruned, heads, slug=slug, scan=scan, labels=labels)
             doc["metadata"]["sae_circuits"]["full_scores"] = full_scores
             return doc
 
-        return self._cached(("pruned", *self._stamp(graph_path), nt, et), make)
+        return self._cached(("pruned", *self._stamp(graph_path), *heads_stamp, nt, et), make)
 
     def document_bytes(
         self, node_threshold: float | None = None, edge_threshold: float | None = None

@@ -55,6 +55,27 @@ function normalizeNode(raw, promptTokens) {
   };
 }
 
+function intOrNull(value) {
+  const x = num(value);
+  return x !== null && Number.isInteger(x) ? x : null;
+}
+
+/** The heads that carry a link (its `heads` field, largest |loading| first), or null. */
+function normalizeHeads(raw) {
+  if (!Array.isArray(raw)) return null;
+  const heads = [];
+  for (const h of raw) {
+    if (!h || typeof h !== "object") continue;
+    const share = num(h.share);
+    if (share === null) continue;
+    const layer = intOrNull(h.layer);
+    const head = intOrNull(h.head);
+    const direct = layer === null || head === null;
+    heads.push({ layer: direct ? null : layer, head: direct ? null : head, loading: num(h.loading), share });
+  }
+  return heads.length ? heads : null;
+}
+
 /** The page's model of a document: {meta, nodes, byId, links, nLayers, promptTokens}. */
 export function buildModel(doc) {
   const meta = doc.metadata || {};
@@ -67,7 +88,7 @@ export function buildModel(doc) {
     const target = byId.get(l.target);
     const weight = Number(l.weight);
     if (!source || !target || !Number.isFinite(weight)) continue;
-    const link = { source, target, weight };
+    const link = { source, target, weight, heads: normalizeHeads(l.heads) };
     links.push(link);
     source.outgoing.push(link);
     target.incoming.push(link);
@@ -97,6 +118,30 @@ export function fmt(x, digits = 3) {
 
 export function signed(x) {
   return (x >= 0 ? "+" : "") + fmt(x);
+}
+
+/** A share as a percentage, rounded half away from zero: `61%`, `-12%`, `<1%`. */
+export function percent(share) {
+  const p = share * 100;
+  const r = Math.sign(p) * Math.round(Math.abs(p));
+  if (r === 0 && p !== 0) return p < 0 ? "-<1%" : "<1%";
+  return `${r === 0 ? 0 : r}%`;
+}
+
+/** A head's short name, `L1H2`, or `direct` for the part that goes through no head. */
+export function headName(part) {
+  return part.layer === null ? "direct" : `L${part.layer}H${part.head}`;
+}
+
+/** How a link is split over the heads: `L1H2 61%, L1H0 30%, direct 9%`. Parts under half a
+ * percent are left out (but the first), and what the listed parts leave of the edge (the parts
+ * left out, and those beyond the document's few) is shown as `other` when it is not that small. */
+export function describeHeads(heads) {
+  const shown = heads.filter((h, i) => i === 0 || Math.abs(h.share) >= 0.005);
+  const parts = shown.map((h) => `${headName(h)} ${percent(h.share)}`);
+  const rest = 1 - shown.reduce((sum, h) => sum + h.share, 0);
+  if (Math.abs(rest) >= 0.005) parts.push(`other ${percent(rest)}`);
+  return parts.join(", ");
 }
 
 /** A short name: `L2 #17 @3`, `error L2 @3`, `"dallas" @3`, `→ "austin"`. */

@@ -1,7 +1,7 @@
 // The side panels: a node's details (fields, label editor, pin / select buttons, Neuronpedia
 // link, strongest incoming and outgoing edges) and the supernode list (rename, show, ungroup).
 
-import { colorOf, describe, fmt, signed, supernodesOf } from "./model.js";
+import { colorOf, describe, describeHeads, fmt, headName, percent, signed, supernodesOf } from "./model.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -12,6 +12,17 @@ function addField(dl, name, value) {
   dd.textContent = value;
   dd.dataset.field = name;
   dl.append(dt, dd);
+}
+
+// The heads that carry an edge, under its entry: "via L1H2 61%, L1H0 30%, direct 9%".
+function headLine(heads) {
+  const div = document.createElement("div");
+  div.className = "heads";
+  div.textContent = `via ${describeHeads(heads)}`;
+  div.title = heads
+    .map((h) => `${headName(h)}: ${signed(h.loading)} (${percent(h.share)} of the edge)`)
+    .join("\n");
+  return div;
 }
 
 function edgeList(ol, links, otherEnd, actions) {
@@ -35,6 +46,7 @@ function edgeList(ol, links, otherEnd, actions) {
     w.className = `w ${link.weight >= 0 ? "pos" : "neg"}`;
     w.textContent = signed(link.weight);
     li.append(button, w);
+    if (link.heads) li.append(headLine(link.heads));
     ol.append(li);
   }
 }

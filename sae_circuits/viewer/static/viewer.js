@@ -44,6 +44,8 @@ function renderHeader() {
   const sc = meta.sae_circuits || {};
   const parts = [`${state.model.nodes.length} nodes`, `${state.model.links.length} edges`];
   if (sc.n_nodes_before) parts.push(`of ${sc.n_nodes_before} / ${sc.n_edges_before}`);
+  const heads = sc.head_loadings || null;
+  if (heads && Number.isFinite(Number(heads.n_links))) parts.push(`heads of ${Number(heads.n_links)} edges`);
   const scores = sc.scores || null;
   if (scores) parts.push(`replacement ${fmt(scores.replacement, 2)}`, `completeness ${fmt(scores.completeness, 2)}`);
   $("stats").textContent = parts.join(" · ");
