@@ -13,7 +13,9 @@ ask for other targets (see :mod:`sae_circuits.attribution._targets`).
 ``attribute`` writes a graph folder (``graph.zip``: the full graph, ``pruned.zip``: the pruned
 graph, ``graph.json``: the viewer's / Neuronpedia's JSON; with ``--head-loadings`` also
 ``head_loadings.csv``, the pruned graph's edges split over the attention heads that carry them,
-see :func:`sae_circuits.head_loadings`); ``serve`` opens it in the local viewer
+see :func:`sae_circuits.head_loadings`, and ``attention.json``, the QK attributions of the
+``--qk-heads`` heads that carry them most, see :func:`sae_circuits.attribute_attention`);
+``serve`` opens it in the local viewer
 (:mod:`sae_circuits.viewer`). Errors are reported in one line on stderr with a non-zero exit
 status: 2 for bad input (arguments, names, folders), 1 for failures while running.
 """
@@ -38,6 +40,7 @@ from sae_circuits.graph import node_id
 if TYPE_CHECKING:
     import pandas as pd
 
+    from sae_circuits.attribution import QKAttribution
     from sae_circuits.graph import AttributionGraph
 
 __all__ = ["CLIError", "build_parser", "main"]
@@ -49,6 +52,10 @@ TINY = "tiny"
 #: Transcoder configs of the toy-facts model, and which shipped labels fit them.
 _TOY_FACTS_TRANSCODERS = {"toy-facts": "plt", "toy-facts-clt": "clt"}
 _GRAPH_FILES = ("graph.zip", "pruned.zip", "graph.json")
+#: QK attributions computed with ``--head-loadings`` unless ``--qk-heads`` says otherwise.
+DEFAULT_QK_HEADS = 8
+#: Pairs listed per QK attribution (what ``attention.json`` keeps at most).
+QK_PAIRS = 20
 
 
 class CLIError(Exception):
@@ -92,6 +99,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
     return value
 
 
@@ -442,6 +459,47 @@ def print_summary(
             )
 
 
+def top_qk_heads(
+    pruned: AttributionGraph, loadings: pd.DataFrame, n: int
+) -> list[tuple[int, int, int, int, float]]:
+    """The ``n`` (layer, head, query, key) that carry the pruned graph's edges most.
+
+    The head parts (``part == "head"``) of ``loadings`` (``sc.head_loadings(..., pruned)``) are
+    grouped by the head and the positions it links: the query at the edge's target, the key at
+    its source; direct parts (no head) are left out.
+
+    Returns:
+        ``(layer, head, query, key, summed |loading|)``, the largest sum first (ties in
+        (layer, head, query, key) order).
+    """
+    import numpy as np
+    import pandas as pd
+
+    if n < 1 or not len(loadings):
+        return []
+    is_head = loadings["part"].astype(str).to_numpy() == "head"
+    if not is_head.any():
+        return []
+
+    def column(name: str, dtype: Any) -> np.ndarray:
+        # (the direct parts' layer and head are missing: -1 before they are left out)
+        return loadings[name].to_numpy(dtype=dtype, na_value=-1)[is_head]
+
+    position = pruned.nodes["position"].to_numpy(dtype=np.int64)
+    table = pd.DataFrame(
+        {
+            "layer": column("layer", np.int64),
+            "head": column("head", np.int64),
+            "query": position[column("target", np.int64)],
+            "key": position[column("source", np.int64)],
+            "size": np.abs(column("loading", np.float64)),
+        }
+    )
+    sums = cast("pd.Series", table.groupby(["layer", "head", "query", "key"])["size"].sum())
+    top = sums.sort_values(ascending=False, kind="stable").iloc[:n]
+    return [(int(a), int(b), int(c), int(d), float(v)) for (a, b, c, d), v in top.items()]
+
+
 def _write(
     out: Path,
     graph: AttributionGraph,
@@ -451,9 +509,11 @@ def _write(
     slug: str | None,
     labels: dict[str, str],
     head_loadings: Callable[[AttributionGraph], pd.DataFrame] | None = None,
+    attention: Callable[[AttributionGraph, pd.DataFrame], list[QKAttribution] | None] | None = None,
 ) -> AttributionGraph:
     """Prune ``graph`` and write the folder; ``head_loadings(pruned)``, when given, computes the
-    pruned graph's head loadings for it."""
+    pruned graph's head loadings for it, and ``attention(pruned, loadings)`` the QK attributions
+    to save with them (``None``: none)."""
     from sae_circuits.viewer import default_slug, write_graph_folder
 
     try:
@@ -473,14 +533,15 @@ def _write(
             f"over the heads that carry them ({len(loads)} parts) in "
             f"{time.perf_counter() - start:.1f} s"
         )
+    qks = attention(pruned, loads) if attention is not None and loads is not None else None
     slug = slug or default_slug(graph.metadata.get("prompt"))
     try:
         files = write_graph_folder(
-            out, graph, pruned, slug=slug, labels=labels, head_loadings=loads
+            out, graph, pruned, slug=slug, labels=labels, head_loadings=loads, attention=qks
         )
     except (OSError, ValueError) as e:
         raise CLIError(f"cannot write the graph folder {str(out)!r}: {_short(e)}", code=1) from e
-    written = [files.graph, files.pruned, files.document, files.head_loadings]
+    written = [files.graph, files.pruned, files.document, files.head_loadings, files.attention]
     print(f"wrote {', '.join(str(f) for f in written if f is not None)}")
     return pruned
 
@@ -527,6 +588,11 @@ def _attribute(args: argparse.Namespace) -> int:
             check_bind_host(args.host, allow_remote=args.allow_remote)
         except RemoteBindError as e:
             raise CLIError(str(e)) from e
+    if args.qk_heads is not None and not args.head_loadings:
+        raise CLIError(
+            "--qk-heads picks heads by their loadings: give --head-loadings too (or leave "
+            "--qk-heads out)"
+        )
     if args.target_position is not None and not args.targets:
         raise CLIError(
             "--target-position applies to --target, --logit-diff and --direction targets; "
@@ -559,6 +625,11 @@ def _attribute(args: argparse.Namespace) -> int:
     def loadings(pruned: AttributionGraph) -> pd.DataFrame:
         return sc.head_loadings(model, args.prompt, transcoders, pruned)
 
+    n_qk = DEFAULT_QK_HEADS if args.qk_heads is None else args.qk_heads
+
+    def attention(pruned: AttributionGraph, loads: pd.DataFrame) -> list[QKAttribution] | None:
+        return _qk_attributions(model, args.prompt, transcoders, pruned, loads, n_qk)
+
     pruned = _write(
         out,
         graph,
@@ -567,12 +638,49 @@ def _attribute(args: argparse.Namespace) -> int:
         slug=args.slug,
         labels=labels,
         head_loadings=loadings if args.head_loadings else None,
+        attention=attention if args.head_loadings and n_qk > 0 else None,
     )
     print_summary(graph, pruned, labels, targets=bool(targets))
     if args.serve:
         return _serve(out, args.host, args.port, args.allow_remote, args.open)
     print(f"view it: sae-circuits serve {out}")
     return 0
+
+
+def _qk_attributions(
+    model: Any,
+    prompt: str,
+    transcoders: Any,
+    pruned: AttributionGraph,
+    loads: pd.DataFrame,
+    n: int,
+) -> list[QKAttribution] | None:
+    """QK attributions of the ``n`` (head, query, key) that carry the pruned graph most
+    (:func:`top_qk_heads`), with a summary line; ``None`` (and the reason) when the model's
+    attention cannot be followed."""
+    import sae_circuits as sc
+
+    start = time.perf_counter()
+    chosen = top_qk_heads(pruned, loads, n)
+    sink = bool((pruned.metadata.get("settings") or {}).get("attention_sink", True))
+    out = []
+    try:
+        for layer, head, query, key, _ in chosen:
+            qk = sc.attribute_attention(
+                model, prompt, transcoders, layer=layer, head=head, query=query, key=key,
+                top_pairs=QK_PAIRS, attention_sink=sink,
+            )  # fmt: skip
+            out.append(qk)
+    except (ValueError, TypeError) as e:
+        print(f"QK attributions: none written ({_short(e, 200)})")
+        return None
+    shown = ", ".join(f"L{a}H{b} {c}<-{d}" for a, b, c, d, _ in chosen[:4])
+    more = f", +{len(chosen) - 4}" if len(chosen) > 4 else ""
+    print(
+        f"QK attributions: {len(out)} (head, query <- key) carrying the most loading "
+        f"({shown}{more}), top {QK_PAIRS} pairs each, in {time.perf_counter() - start:.1f} s"
+    )
+    return out
 
 
 def _serve_cmd(args: argparse.Namespace) -> int:
@@ -687,7 +795,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Compute the attribution graph of PROMPT, prune it, print a summary and write\n"
         "a graph folder: OUT/graph.zip (the full graph), OUT/pruned.zip (the pruned graph)\n"
         "and OUT/graph.json (the viewer's / Neuronpedia's JSON; with --head-loadings also\n"
-        "OUT/head_loadings.csv). View it with `sae-circuits serve OUT`.",
+        "OUT/head_loadings.csv and OUT/attention.json). View it with `sae-circuits serve OUT`.",
         epilog="targets:\n"
         "  Without --target, --logit-diff or --direction the graph explains the salient logits\n"
         "  at the last position (--max-n-logits, --desired-logit-prob). With them it explains\n"
@@ -801,6 +909,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="also split each edge of the pruned graph over the attention heads that carry it "
         "(sae_circuits.head_loadings; one trace of the pruned graph's targets per head, so slow "
         "on large models); saved as OUT/head_loadings.csv and shown in the viewer",
+    )
+    att.add_argument(
+        "--qk-heads",
+        type=_count,
+        default=None,
+        metavar="N",
+        help="with --head-loadings: also explain why the N (head, query, key) carrying the most "
+        f"loading attended there (sae_circuits.attribute_attention, top {QK_PAIRS} query/key "
+        f"feature pairs each); saved as OUT/attention.json and shown in the viewer "
+        f"(default: {DEFAULT_QK_HEADS}; 0: none)",
     )
     att.add_argument("--slug", help="graph name in graph.json (default: from the prompt)")
     att.add_argument("--device", help="device of the model (default: the loader's)")

@@ -1,10 +1,12 @@
 """Bad requests never cost data: a seeded barrage of malformed requests against the viewer server.
 
 Every route of :mod:`sae_circuits.viewer.server` (``GET /``, the static files, ``/api/graph``,
-``/api/annotations``, ``/files/<name>``; ``POST /api/annotations``) gets random and malformed
+``/api/annotations``, ``/api/attention``, ``/files/<name>``; ``POST /api/annotations``) gets
+random and malformed
 paths, query strings, headers and bodies over raw sockets. Each must be answered with a ``4xx``
 (never a ``5xx``, never a dropped connection or a hang), the server must keep serving, and the
-annotation file and the graph files must be byte-identical afterwards.
+annotation file and the graph files (``attention.json`` included) must be byte-identical
+afterwards.
 """
 
 from __future__ import annotations
@@ -32,7 +34,25 @@ SEED = 13
 N_RANDOM = 200
 DEADLINE_S = 20.0
 _STATIC = sorted(f"/{p.name}" for p in STATIC_DIR.iterdir() if p.suffix in (".js", ".css"))
-_GET_ROUTES = ["/", "/index.html", *_STATIC, "/api/graph", "/api/annotations", "/files/graph.json"]
+_GET_ROUTES = [
+    *("/", "/index.html", *_STATIC, "/api/graph", "/api/annotations", "/api/attention"),
+    "/files/graph.json",
+]
+#: A small ``attention.json`` of the served folder (the format ``write_graph_folder`` writes).
+_ATTENTION = {
+    "format": "sae_circuits.attention",
+    "version": 1,
+    "max_rows": 20,
+    "records": [
+        {
+            **{"layer": 1, "head": 2, "query": 8, "key": 7, "score": 4.9, "pattern": 0.99},
+            "residual": 0.1,
+            "pairs": [{"query_node": "0_294_8", "key_node": "bias", "contribution": 4.8}],
+            "query_side": [{"node": "0_294_8", "kind": "feature", "contribution": 4.9}],
+            "key_side": [{"node": "bias", "kind": "bias", "contribution": 4.9}],
+        }
+    ],
+}
 _VALID_PATCH = {
     "labels": {"1_2_3": "Texas", "0_4_2": "say Austin"},
     "supernodes": {"sn-1": {"label": "capital", "members": ["1_2_3", "2_5_3"]}},
@@ -283,6 +303,7 @@ def _cases(port: int, rng: random.Random) -> list[Case]:
         "/",
         "/api/graph",
         "/files/annotations.json",
+        "/api/attention",
         "/api/annotations/",
         "/api/annotations/../annotations",
         "/api/annotations%00",
@@ -292,7 +313,7 @@ def _cases(port: int, rng: random.Random) -> list[Case]:
         add(Case(f"POST to {path}", _post(port, valid, path=path)))
     # -- other methods on every route
     for method in ("PUT", "DELETE", "PATCH", "OPTIONS"):
-        for route in ("/", "/api/annotations", "/api/graph", "/files/graph.json"):
+        for route in ("/", "/api/annotations", "/api/graph", "/api/attention", "/files/graph.json"):
             add(
                 Case(
                     f"{method} {route}",
@@ -345,6 +366,13 @@ def _cases(port: int, rng: random.Random) -> list[Case]:
         "/api/graph#node_threshold=0.5",
         "/api/annotations?x=1",
         "/api/annotations/x",
+        "/api/attention?x=1",
+        "/api/attention?layer=1&head=2",
+        "/api/attention/",
+        "/api/attention/../../secret.txt",
+        "/api/attention%00",
+        "/api/attention#x",
+        "/files/attention.json%00",
         "*",
         "http://127.0.0.1/",
         "x",
@@ -426,10 +454,11 @@ def _cases(port: int, rng: random.Random) -> list[Case]:
             if _is_float(value):  # (numbers are tested above)
                 continue
             target = f"/api/graph?{rng.choice(['node_threshold', 'edge_threshold'])}={value}"
-        elif route in ("/api/annotations", "/files/graph.json"):
+        elif route in ("/api/annotations", "/api/attention", "/files/graph.json"):
             target = f"{route}{rng.choice(['?', '/', '%2f', '/..', '?x='])}{junk}"
         else:  # static files: a name that is no static file (their query strings are ignored)
-            junk = junk.replace("?", "")
+            # (never empty: the standard library reads "//index.html" as "/index.html")
+            junk = junk.replace("?", "") or "x"
             target = f"/{junk}/{route.strip('/')}" if rng.random() < 0.5 else f"{route}/{junk}"
         method = rng.choice(["GET", "GET", "HEAD", "POST"])
         if method == "POST":
@@ -457,6 +486,7 @@ def _send(port: int, case: Case, timeout: float) -> int:
 
 @pytest.fixture
 def server(folder: Path) -> Iterator[int]:  # noqa: F811
+    (folder / "attention.json").write_text(json.dumps(_ATTENTION))
     srv = make_server(folder, host="127.0.0.1", port=0)
     assert srv.server_address[0] == "127.0.0.1"
     thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05})
@@ -492,7 +522,7 @@ def test_malformed_requests_get_4xx_and_change_nothing(server: int, folder: Path
     status, doc = _valid_post(port, _VALID_PATCH)
     assert status == 200 and doc["revision"] == 1
     before = _snapshot(folder)
-    assert "annotations.json" in before and "graph.zip" in before
+    assert "annotations.json" in before and "graph.zip" in before and "attention.json" in before
     cases = _cases(port, random.Random(SEED))
     assert len(cases) >= 250 + N_RANDOM
     bad = []
@@ -513,6 +543,9 @@ def test_malformed_requests_get_4xx_and_change_nothing(server: int, folder: Path
     conn.request("GET", "/api/graph")
     resp = conn.getresponse()
     assert resp.status == 200 and json.loads(resp.read())["nodes"]
+    conn.request("GET", "/api/attention")
+    resp = conn.getresponse()
+    assert resp.status == 200 and json.loads(resp.read()) == _ATTENTION
     conn.close()
     status, doc = _valid_post(port, {"labels": {"1_2_3": "still works"}})
     assert status == 200 and doc["revision"] == 2 and doc["labels"]["1_2_3"] == "still works"
@@ -533,3 +566,28 @@ def test_a_corrupted_graph_file_is_a_conflict_not_a_crash(server: int, folder: P
         conn.close()
     assert resp.status == 409 and "graph.zip" in body["error"], body
     assert path.read_bytes() == bytes(data)
+
+
+def test_a_broken_attention_file_is_a_conflict_not_a_crash(server: int, folder: Path) -> None:  # noqa: F811
+    path = folder / "attention.json"
+    conn = http.client.HTTPConnection("127.0.0.1", server, timeout=5)
+    try:
+        for bad in (b'{"records": [{"layer": -1}]}', b"\xff\xfe", b"[" * 100_000):
+            path.write_bytes(bad)
+            conn.request("GET", "/api/attention")
+            resp = conn.getresponse()
+            body = json.loads(resp.read())
+            assert resp.status == 409 and "attention.json" in body["error"], body
+            conn.request("GET", "/api/graph")  # the graph is still served, without them
+            resp = conn.getresponse()
+            doc = json.loads(resp.read())
+            assert resp.status == 200 and doc["metadata"]["viewer"]["attention"] is None
+            assert path.read_bytes() == bad
+        # a lone surrogate in a node id is no fault of the format: served, escaped
+        path.write_text(json.dumps(_ATTENTION).replace("0_294_8", "\\ud800"))
+        conn.request("GET", "/api/attention")
+        resp = conn.getresponse()
+        assert resp.status == 200
+        assert json.loads(resp.read())["records"][0]["pairs"][0]["query_node"] == "\ud800"
+    finally:
+        conn.close()

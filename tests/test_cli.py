@@ -73,10 +73,10 @@ def test_attribute_writes_graph_folder(attributed: tuple[Path, str]):
     assert not (out / "annotations.json").exists()
 
 
-def test_head_loadings_are_written_and_shown(tmp_path: Path, capsys):
+def test_head_loadings_are_written_and_shown(tmp_path: Path, capsys, monkeypatch):
     out = tmp_path / "out"
     argv = ["attribute", PROMPT, *TINY, "--max-feature-nodes", "40", "-q", "-o", str(out)]
-    assert main([*argv, "--head-loadings"]) == 0
+    assert main([*argv, "--head-loadings", "--qk-heads", "3"]) == 0
     stdout = capsys.readouterr().out
     pruned = AttributionGraph.load(out / "pruned.zip")
     n = pruned.adjacency.nnz
@@ -92,11 +92,59 @@ def test_head_loadings_are_written_and_shown(tmp_path: Path, capsys):
     doc = json.loads((out / "graph.json").read_text())
     assert all(1 <= len(link["heads"]) <= 5 for link in doc["links"])
     assert doc["metadata"]["sae_circuits"]["head_loadings"]["n_links"] == n
+    # the QK attributions of the 3 (head, query <- key) carrying the most |loading|
+    assert "QK attributions: 3 (head, query <- key)" in stdout
+    heads = loads[loads["part"] == "head"]
+    position = pruned.nodes["position"].to_numpy()
+    summed = (
+        heads.assign(
+            query=position[heads["target"].to_numpy()],
+            key=position[heads["source"].to_numpy()],
+            size=heads["loading"].abs(),
+        )
+        .groupby(["layer", "head", "query", "key"])["size"]
+        .sum()
+        .sort_values(ascending=False, kind="stable")
+    )
+    records = json.loads((out / "attention.json").read_text())["records"]
+    assert [(r["layer"], r["head"], r["query"], r["key"]) for r in records] == list(
+        summed.index[:3]
+    )
+    for r in records:
+        assert len(r["pairs"]) <= 20 and r["settings"]["top_pairs"] == 20
+        listed = sum(x["contribution"] for x in r["pairs"])
+        assert listed + r["residual"] == pytest.approx(r["score"], rel=1e-4)
+        for side in ("query_side", "key_side"):
+            total = sum(x["contribution"] for x in r[side]) + r[f"{side}_rest"]
+            assert total == pytest.approx(r["score"], rel=1e-4)
+    assert doc["metadata"]["sae_circuits"]["attention"]["n_records"] == 3
+    # --qk-heads 0: loadings, no QK attributions (the loadings just written stand in for a
+    # second computation of the same ones)
+    saved = pd.read_csv(out / "head_loadings.csv", dtype={"layer": "Int64", "head": "Int64"})
+    monkeypatch.setattr("sae_circuits.head_loadings", lambda *a, **k: saved)
+    monkeypatch.setattr("sae_circuits.attribute_attention", None)  # never called
+    assert main([*argv, "--head-loadings", "--qk-heads", "0", "--overwrite"]) == 0
+    stdout = capsys.readouterr().out
+    assert "head loadings: " in stdout and "QK attributions" not in stdout
+    assert (out / "head_loadings.csv").exists() and not (out / "attention.json").exists()
+    assert (
+        json.loads((out / "graph.json").read_text())["metadata"]["sae_circuits"]["attention"]
+        is None
+    )
     # without the option (again, --overwrite): no loadings, the old ones removed
     assert main([*argv, "--overwrite"]) == 0
     assert "head loadings" not in capsys.readouterr().out
     assert not (out / "head_loadings.csv").exists()
     assert not any("heads" in x for x in json.loads((out / "graph.json").read_text())["links"])
+
+
+def test_qk_heads_needs_head_loadings(tmp_path: Path, capsys):
+    out = tmp_path / "out"
+    assert main(["attribute", PROMPT, *TINY, "--qk-heads", "2", "-o", str(out)]) == 2
+    assert (
+        "--qk-heads picks heads by their loadings: give --head-loadings" in capsys.readouterr().err
+    )
+    assert not out.exists()
 
 
 def test_attribute_prints_a_summary(attributed: tuple[Path, str]):
@@ -131,6 +179,7 @@ def test_attribute_refuses_to_overwrite(attributed: tuple[Path, str], capsys):
         (["--max-feature-nodes", "0"], "expected a whole number >= 1"),
         (["--batch-size", "-3"], "expected a whole number >= 1"),
         (["--port", "70000"], "a port is a number in 0..65535"),
+        (["--qk-heads", "-1"], "expected a whole number >= 0"),
     ],
 )
 def test_bad_arguments_exit_2(tmp_path: Path, capsys, args: list[str], message: str):
@@ -231,7 +280,7 @@ def test_help(capsys, command: list[str]):
         for option in ("--target TOKEN", "--logit-diff A B", "--direction LABEL FILE [HOOK]"):
             assert option in out, option
         assert "ignored when targets are given" in out
-        assert "--head-loadings" in out
+        assert "--head-loadings" in out and "--qk-heads N" in out
 
 
 def test_missing_command_exits_2(capsys):

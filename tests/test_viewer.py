@@ -430,3 +430,80 @@ def test_details_panel_shows_the_heads_of_an_edge(viewer: Viewer):
         assert items.nth(i).locator("button").get_attribute("data-goto") == x["source"]
         assert items.nth(i).locator(".heads").count() == ("heads" in x)
     assert viewer.errors == []
+
+
+def _shown_heads(link: dict[str, Any]) -> list[dict[str, Any]]:
+    """The head parts an edge's head line names (the first, then those of half a percent)."""
+    return [h for i, h in enumerate(link["heads"]) if i == 0 or abs(h["share"]) >= 0.005]
+
+
+def test_a_head_of_an_edge_opens_its_top_query_key_pairs(viewer: Viewer):
+    shutil.rmtree(viewer.folder)
+    make_graph_folder(viewer.folder, heads=True, attention=True)
+    viewer.open()
+    page = viewer.page
+    doc = json.loads((viewer.folder / "graph.json").read_text())
+    records = json.loads((viewer.folder / "attention.json").read_text())["records"]
+    by_where = {(r["layer"], r["head"], r["query"], r["key"]): r for r in records}
+    position = {n["node_id"]: n["position"] for n in doc["nodes"]}
+    assert "QK of 3 heads" in page.inner_text("#stats")
+
+    def where(link: dict[str, Any], h: dict[str, Any]) -> tuple[int, ...]:
+        return (h["layer"], h["head"], position[link["target"]], position[link["source"]])
+
+    # a listed incoming edge whose head line names a head with a record (query: the edge's
+    # target position, key: its source's)
+    node_id, index, link, part = next(
+        (t, i, x, h)
+        for t, top in _listed(doc).items()
+        for i, x in enumerate(top)
+        for h in _shown_heads(x)
+        if h["layer"] is not None and where(x, h) in by_where
+    )
+    record = by_where[where(link, part)]
+    viewer.node(node_id).click()
+    line = page.locator("#incoming li").nth(index).locator(".heads")
+    assert line.inner_text() == _heads_line(link["heads"])  # the same text as without records
+    # only the heads with a record are buttons
+    with_record = [
+        h for h in _shown_heads(link) if h["layer"] is not None and where(link, h) in by_where
+    ]
+    assert line.locator("button.head-link").count() == len(with_record)
+    assert page.locator("#qk-panel").is_hidden()
+    key = "/".join(str(v) for v in where(link, part))
+    line.locator(f'button.head-link[data-qk="{key}"]').click()
+    panel = page.locator("#qk-panel")
+    assert panel.is_visible()
+    assert page.inner_text("#qk-title").startswith(f"L{part['layer']}H{part['head']}: query @")
+    for name in ("score", "pattern"):
+        shown = float(page.inner_text(f'#qk-fields dd[data-field="{name}"]'))
+        assert shown == pytest.approx(record[name], abs=1e-3)
+    # the top pairs, in the record's order, contributions as recorded (to the display's
+    # rounding), ends described and, when in the graph, buttons that select the node
+    items = page.locator("#qk-pairs li")
+    assert items.count() == len(record["pairs"]) > 0
+    in_doc = set(position)
+    for i, pair in enumerate(record["pairs"]):
+        item = items.nth(i)
+        shown = float(item.locator(".w").inner_text())
+        assert shown == pytest.approx(pair["contribution"], abs=1e-3, rel=1e-2)
+        ends = [pair["query_node"], pair["key_node"]]
+        assert item.locator("button[data-goto]").evaluate_all(
+            "els => els.map(e => e.dataset.goto)"
+        ) == [e for e in ends if e in in_doc]
+        for end in ends:
+            if end == "bias":
+                assert item.locator('.bias[data-node="bias"]').count() >= 1
+                assert "bias" in item.inner_text()
+            elif end not in in_doc:
+                assert item.locator(f'.absent[data-node="{end}"]').count() == 1
+    # following a pair's node selects it; the pairs stay until closed
+    first_end = next(
+        e for p in record["pairs"] for e in (p["query_node"], p["key_node"]) if e in in_doc
+    )
+    page.locator(f'#qk-pairs button[data-goto="{first_end}"]').first.click()
+    assert page.inner_text('#details-fields dd[data-field="node id"]') == first_end
+    assert panel.is_visible()
+    page.click("#qk-close")
+    assert panel.is_hidden()
+    assert viewer.errors == []

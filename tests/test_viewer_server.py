@@ -48,6 +48,7 @@ from .tolerance import assert_close
 SECRET = "TOP-SECRET-MARKER-4711"
 _GRAPHS: list[tuple[AttributionGraph, AttributionGraph]] = []
 _LOADINGS: list[pd.DataFrame] = []
+_ATTENTION: list[list[sc.QKAttribution]] = []
 
 
 def tiny_graphs() -> tuple[AttributionGraph, AttributionGraph]:
@@ -68,12 +69,35 @@ def tiny_head_loadings() -> pd.DataFrame:
     return _LOADINGS[0]
 
 
-def make_graph_folder(folder: Path, *, heads: bool = False) -> Path:
-    """A graph folder (graph.zip, pruned.zip, graph.json; with ``heads``, head_loadings.csv) of
-    the tiny model in ``folder``."""
+def tiny_attention() -> list[sc.QKAttribution]:
+    """QK attributions (20 pairs) of the 3 (head, query, key) that carry :func:`tiny_graphs`'
+    pruned graph most (as ``sae-circuits attribute --head-loadings --qk-heads 3`` picks them),
+    computed once."""
+    if not _ATTENTION:
+        from sae_circuits.cli import top_qk_heads
+
+        model, tcs = build("llama", "skip")
+        ts = sc.load_transcoders(tcs)
+        _, pruned = tiny_graphs()
+        chosen = top_qk_heads(pruned, tiny_head_loadings(), 3)
+        _ATTENTION.append(
+            [
+                sc.attribute_attention(
+                    model, PROMPT, ts, layer=lay, head=hd, query=q, key=k, top_pairs=20
+                )
+                for lay, hd, q, k, _ in chosen
+            ]
+        )
+    return _ATTENTION[0]
+
+
+def make_graph_folder(folder: Path, *, heads: bool = False, attention: bool = False) -> Path:
+    """A graph folder (graph.zip, pruned.zip, graph.json; with ``heads``, head_loadings.csv, with
+    ``attention``, attention.json) of the tiny model in ``folder``."""
     graph, pruned = tiny_graphs()
     loads = tiny_head_loadings() if heads else None
-    write_graph_folder(folder, graph, pruned, slug="test", head_loadings=loads)
+    qks = tiny_attention() if attention else None
+    write_graph_folder(folder, graph, pruned, slug="test", head_loadings=loads, attention=qks)
     return folder
 
 
@@ -319,6 +343,142 @@ def test_head_loadings_must_be_of_the_pruned_graph(tmp_path: Path):
     doc = json.loads(files.document.read_text())
     assert doc["metadata"]["sae_circuits"]["head_loadings"] is None
     assert not any("heads" in x for x in doc["links"])
+
+
+# ---------------------------------------------------------------------------------------------
+# QK attributions (attention.json)
+
+
+def _same_cell(saved: Any, value: Any) -> bool:
+    """A table cell and its JSON: the same number (exactly: JSON keeps every float's digits) or
+    string, ``null`` for a missing value."""
+    if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)):
+        return saved is None
+    if isinstance(value, (str, np.str_)):
+        return saved == str(value)
+    return saved == value and type(saved) is (
+        float if isinstance(value, np.floating | float) else int
+    )
+
+
+def test_attention_is_written_served_and_removed(tmp_path: Path):
+    graph, pruned = tiny_graphs()
+    qks = tiny_attention()
+    folder = make_graph_folder(tmp_path / "graph", heads=True, attention=True)
+    saved = json.loads((folder / "attention.json").read_text())
+    assert saved["format"] == "sae_circuits.attention" and saved["max_rows"] == 20
+    assert saved["tokens"] == pruned.metadata["tokens"] and saved["prompt"] == PROMPT
+    assert len(saved["records"]) == len(qks) == 3
+    for record, qk in zip(saved["records"], qks, strict=True):
+        for name in ("layer", "head", "query", "key", "score", "pattern", "residual"):
+            assert record[name] == getattr(qk, name), name  # numbers round-trip exactly
+        for name in ("pairs", "query_side", "key_side"):
+            table = getattr(qk, name)
+            assert record[f"n_{name}"] == len(table)
+            rows = record[name]
+            assert len(rows) == min(20, len(table))
+            for row, (_, want) in zip(rows, table.iterrows(), strict=False):
+                assert set(row) == set(table.columns)
+                assert all(_same_cell(row[c], want[c]) for c in table.columns), (name, row)
+        listed = sum(x["contribution"] for x in record["pairs"])
+        assert listed + record["residual"] == pytest.approx(record["score"], rel=1e-12)
+        for side in ("query_side", "key_side"):
+            total = sum(x["contribution"] for x in record[side]) + record[f"{side}_rest"]
+            assert total == pytest.approx(record["score"], rel=1e-12)
+        assert record["settings"]["top_pairs"] == 20
+        assert set(record["settings"]["hooks"]) == {"query", "key"}
+    # the document says so; the server adds what the folder holds now, also when re-pruned
+    doc = json.loads((folder / "graph.json").read_text())
+    expected = {"file": "attention.json", "n_records": 3, "max_rows": 20}
+    assert doc["metadata"]["sae_circuits"]["attention"] == expected
+    source = GraphSource(folder)
+    for thresholds in ((), (0.5, 0.9)):
+        served = source.document(*thresholds)
+        assert served["metadata"]["viewer"]["attention"] == {"n_records": 3}
+        assert served["metadata"]["sae_circuits"]["attention"] == expected
+    assert source.attention() == saved
+    # neither the graph files nor Neuronpedia's format hold them
+    exported = json.dumps(to_neuronpedia(pruned, slug="test", scan="local"))
+    assert "attention" not in exported and "query_side" not in exported
+    assert AttributionGraph.load(folder / "pruned.zip").metadata == pruned.metadata
+    # rewritten without them: the file is gone, and so is what says it is there
+    files = write_graph_folder(folder, graph, pruned, slug="test")
+    assert files.attention is None and not (folder / "attention.json").exists()
+    doc = json.loads(files.document.read_text())
+    assert doc["metadata"]["sae_circuits"]["attention"] is None
+    assert source.document()["metadata"]["viewer"]["attention"] is None
+    assert source.attention()["records"] == []
+
+
+def test_attention_keeps_20_rows_and_the_rest_in_the_residual(tmp_path: Path):
+    graph, pruned = tiny_graphs()
+    qk = tiny_attention()[0]
+    pairs = pd.concat([qk.pairs] * 8, ignore_index=True)  # more pairs than the file keeps
+    pairs["contribution"] = pairs["contribution"] / 8
+    long = dataclasses.replace(qk, pairs=pairs, residual=qk.score - pairs["contribution"].sum())
+    files = write_graph_folder(tmp_path / "graph", graph, pruned, attention=[long, qk])
+    record = json.loads(files.attention.read_text())["records"][0]  # type: ignore[union-attr]
+    assert len(record["pairs"]) == 20 and record["n_pairs"] == len(pairs) > 20
+    kept = pairs["contribution"].to_numpy()[:20]
+    assert_close(record["residual"], qk.score - kept.sum(), rtol=1e-12, what="residual")
+
+
+def test_attention_must_be_of_the_graphs_prompt(tmp_path: Path):
+    graph, pruned = tiny_graphs()
+    qk = tiny_attention()[0]
+    folder = tmp_path / "graph"
+    other = dataclasses.replace(qk, metadata={**qk.metadata, "tokens": [0, 1, 2]})
+    with pytest.raises(ValueError, match=r"attention\[1\] is of another prompt"):
+        write_graph_folder(folder, graph, pruned, attention=[qk, other])
+    far = dataclasses.replace(qk, key=99)
+    with pytest.raises(ValueError, match=r"attention\[0\]: query .* outside the prompt"):
+        write_graph_folder(folder, graph, pruned, attention=[far])
+    with pytest.raises(ValueError, match=r"attention\[0\]\.layer must be a whole number"):
+        write_graph_folder(folder, graph, pruned, attention=[pruned])  # type: ignore[list-item]
+    with pytest.raises(ValueError, match="attention must be a list of QKAttribution"):
+        write_graph_folder(folder, graph, pruned, attention=qk)  # type: ignore[arg-type]
+    assert not folder.exists()  # nothing written
+
+
+def test_server_serves_the_attention(running: Running, folder: Path):
+    status, body = running.get_json("/api/attention")  # none in the folder: no records
+    assert status == 200 and body["records"] == []
+    graph, pruned = tiny_graphs()
+    write_graph_folder(folder, graph, pruned, slug="test", attention=tiny_attention())
+    on_disk = json.loads((folder / "attention.json").read_text())
+    status, body = running.get_json("/api/attention")
+    assert status == 200 and body == on_disk
+    status, doc = running.get_json("/api/graph")
+    assert status == 200 and doc["metadata"]["viewer"]["attention"] == {"n_records": 3}
+    status, raw, headers = running.request("GET", "/files/attention.json")
+    assert status == 200 and json.loads(raw) == on_disk
+    assert headers["Content-Type"] == "application/json"
+    for path, code in (
+        ("/api/attention?layer=1", 400),
+        ("/api/attention?", 200),
+        ("/api/attention/", 404),
+        ("/api/attention/../graph", 404),
+        ("/api/attention%00", 404),
+    ):
+        assert running.request("GET", path)[0] == code, path
+    assert (
+        running.request("POST", "/api/attention", b"{}", {"Content-Type": "application/json"})[0]
+        == 404
+    )
+    assert running.request("PUT", "/api/attention", b"{}")[0] == 405
+    # a file that is not what write_graph_folder writes: a conflict, and the graph still served
+    for bad in (
+        b"{not json",
+        b'{"records": [{"layer": 1}]}',
+        b'{"records": [{"layer": 0, "head": 0, "query": 1, "key": 0, "score": NaN}]}',
+        b'{"records": [{"layer": 0, "head": 0, "query": 1, "key": 0, "pairs": [{"x": 1}]}]}',
+        b"[]",
+    ):
+        (folder / "attention.json").write_bytes(bad)
+        status, body = running.get_json("/api/attention")
+        assert status == 409 and "attention.json" in body["error"], (bad, body)
+        status, doc = running.get_json("/api/graph")
+        assert status == 200 and doc["metadata"]["viewer"]["attention"] is None
 
 
 # ---------------------------------------------------------------------------------------------

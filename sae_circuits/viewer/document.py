@@ -12,6 +12,8 @@ A *graph folder* (what ``sae-circuits attribute -o OUT`` writes) holds:
 ``head_loadings.csv``         optional: the pruned graph's edges split over the attention heads
                               that carry them (:func:`sae_circuits.head_loadings`, node indices of
                               ``pruned.zip`` plus the node ids), see below
+``attention.json``            optional: QK attributions (:func:`sae_circuits.attribute_attention`)
+                              of some heads at some (query, key) positions, see below
 ``annotations.json``          the user's labels, supernodes and pins (written by the viewer, see
                               :mod:`sae_circuits.viewer.annotations`)
 ============================  =====================================================================
@@ -34,6 +36,21 @@ through no head), and ``metadata.sae_circuits.head_loadings`` says so (``{"n_lin
 they live only in the viewer document (``to_neuronpedia`` writes none). A document re-pruned at
 other thresholds takes them from ``head_loadings.csv``, matched by node ids and weight: the links
 that were in the written pruned graph keep their heads, the others (never computed) have none.
+
+With QK attributions (``write_graph_folder(..., attention=[sc.attribute_attention(...), ...])``)
+the folder gets ``attention.json``: ``{"format": "sae_circuits.attention", "version": 1,
+"max_rows", "prompt", "tokens", "records"}``, one record per attribution with ``layer``,
+``head``, ``query``, ``key``, ``score``, ``pattern``, ``residual`` (the score minus the pairs
+listed, so the listed pairs plus ``residual`` make the score), ``pairs``, ``query_side``,
+``key_side`` (the first :data:`MAX_QK_ROWS` rows of each table, columns as in
+:class:`sae_circuits.QKAttribution`, missing values ``null``), ``n_pairs``, ``n_query_side``,
+``n_key_side`` (the tables' full lengths), ``query_side_rest`` / ``key_side_rest`` (the score
+minus the side's listed rows) and ``settings`` (hooks, ``attn_scale``, ``kv_head``,
+``attention_sink``, ``top_pairs``). ``metadata.sae_circuits.attention`` of the written document
+says so (``{"file", "n_records", "max_rows"}``; ``null`` without), and the server adds
+``metadata.viewer.attention`` (``{"n_records"}`` or ``null``) from the file the folder holds
+when the document is asked for. Neither ``graph.zip`` nor Neuronpedia's graph format has a place
+for them: they live only in ``attention.json``.
 
 Example:
     >>> pruned = graph.prune(0.8, 0.98)
@@ -71,13 +88,16 @@ from sae_circuits.graph import (
 from sae_circuits.viewer.security import resolve_inside
 
 if TYPE_CHECKING:
+    from sae_circuits.attribution import QKAttribution
     from sae_circuits.graph import AttributionGraph, GraphScores
 
 __all__ = [
+    "ATTENTION_FILE",
     "DOCUMENT_FILE",
     "GRAPH_FILE",
     "HEAD_LOADINGS_FILE",
     "MAX_HEADS",
+    "MAX_QK_ROWS",
     "PRUNED_FILE",
     "GraphFolderError",
     "GraphFolderFiles",
@@ -93,6 +113,11 @@ GRAPH_FILE = "graph.zip"
 PRUNED_FILE = "pruned.zip"
 DOCUMENT_FILE = "graph.json"
 HEAD_LOADINGS_FILE = "head_loadings.csv"
+ATTENTION_FILE = "attention.json"
+#: The most rows of each table (pairs, query side, key side) a record of ``attention.json`` keeps.
+MAX_QK_ROWS = 20
+_ATTENTION_FORMAT = "sae_circuits.attention"
+_QK_TABLES = ("pairs", "query_side", "key_side")
 #: The most head parts a link of the document carries (the largest ``|loading|`` first).
 MAX_HEADS = 5
 DEFAULT_THRESHOLDS = (0.8, 0.98)
@@ -118,6 +143,7 @@ class GraphFolderFiles:
         pruned: The pruned graph (``pruned.zip``).
         document: The viewer / Neuronpedia document (``graph.json``).
         head_loadings: The head loadings (``head_loadings.csv``), or ``None`` when not given.
+        attention: The QK attributions (``attention.json``), or ``None`` when not given.
     """
 
     folder: Path
@@ -125,6 +151,7 @@ class GraphFolderFiles:
     pruned: Path
     document: Path
     head_loadings: Path | None = None
+    attention: Path | None = None
 
 
 def default_slug(prompt: Any) -> str:
@@ -352,6 +379,206 @@ def _loadings_csv(graph: AttributionGraph, table: pd.DataFrame) -> bytes:
     return out.to_csv(index=False).encode("utf-8")
 
 
+# -- QK attributions (attention.json) ----------------------------------------------------------
+
+
+def _json_value(v: Any) -> Any:
+    """A table cell as JSON: ``None`` for missing values (and non-finite floats)."""
+    if v is None or v is pd.NA:
+        return None
+    if isinstance(v, (bool, np.bool_)):
+        return bool(v)
+    if isinstance(v, (int, np.integer)):
+        return int(v)
+    if isinstance(v, (float, np.floating)):
+        return _finite(v)
+    return v if isinstance(v, str) else str(v)
+
+
+def _json_rows(table: pd.DataFrame, n: int) -> list[dict[str, Any]]:
+    """The first ``n`` rows of ``table`` as JSON objects (column name -> cell)."""
+    columns = [str(c) for c in table.columns]
+    return [
+        {c: _json_value(v) for c, v in zip(columns, row, strict=True)}
+        for row in table.iloc[:n].itertuples(index=False, name=None)
+    ]
+
+
+def _whole(v: Any) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def _table(qk: Any, name: str) -> pd.DataFrame:
+    table = getattr(qk, name, None)
+    return table if isinstance(table, pd.DataFrame) else pd.DataFrame()
+
+
+def _contributions(table: pd.DataFrame, what: str, ids: tuple[str, ...]) -> np.ndarray:
+    """The ``contribution`` column of a QK table, checked to have ``ids`` and finite values."""
+    missing = [c for c in (*ids, "contribution") if c not in table.columns]
+    if missing:
+        raise ValueError(f"{what} lacks column(s) {missing}")
+    values = table["contribution"].to_numpy(dtype=np.float64, na_value=np.nan)
+    if not np.isfinite(values).all():
+        raise ValueError(f"{what} holds non-finite contributions")
+    return values
+
+
+def _qk_record(qk: QKAttribution, what: str) -> dict[str, Any]:
+    """One record of ``attention.json`` (see the module docstring), checked."""
+    where: dict[str, int] = {}
+    for name in ("layer", "head", "query", "key"):
+        v: Any = getattr(qk, name, None)
+        if not _whole(v) or int(v) < 0:
+            raise ValueError(
+                f"{what}.{name} must be a whole number >= 0, got {v!r} (expected a "
+                "QKAttribution of sae_circuits.attribute_attention)"
+            )
+        where[name] = int(v)
+    score, residual = _finite(getattr(qk, "score", None)), _finite(getattr(qk, "residual", None))
+    if score is None or residual is None:
+        raise ValueError(f"{what}: score and residual must be finite numbers")
+    tables = {name: _table(qk, name) for name in _QK_TABLES}
+    pairs = _contributions(tables["pairs"], f"{what}.pairs", ("query_node", "key_node"))
+    sides = {
+        name: _contributions(tables[name], f"{what}.{name}", ("node",))
+        for name in ("query_side", "key_side")
+    }
+    meta = getattr(qk, "metadata", None)
+    meta = meta if isinstance(meta, Mapping) else {}
+    hooks = meta.get("hooks")
+    settings = {
+        "hooks": (
+            {str(k): str(v) for k, v in hooks.items()} if isinstance(hooks, Mapping) else None
+        ),
+        **{k: _json_value(meta.get(k)) for k in ("attn_scale", "kv_head", "attention_sink")},
+        "top_pairs": _json_value(meta.get("top_pairs")),
+    }
+    record: dict[str, Any] = {
+        **where,
+        "score": score,
+        "pattern": _finite(getattr(qk, "pattern", None)),
+        # the pairs left out of the file join the pairs never listed
+        "residual": residual + float(pairs[MAX_QK_ROWS:].sum()),
+        "n_pairs": len(pairs),
+        "pairs": _json_rows(tables["pairs"], MAX_QK_ROWS),
+    }
+    for name, values in sides.items():
+        record[f"n_{name}"] = len(values)
+        record[name] = _json_rows(tables[name], MAX_QK_ROWS)
+        record[f"{name}_rest"] = score - float(values[:MAX_QK_ROWS].sum())
+    record["settings"] = settings
+    return record
+
+
+def _attention_json(graph: AttributionGraph, attention: Sequence[QKAttribution]) -> bytes:
+    """``attention.json`` of QK attributions of ``graph``'s prompt, checked.
+
+    Raises:
+        ValueError: Not a sequence of QK attributions, or one of another prompt (other tokens)
+            or of a position outside it.
+    """
+    if isinstance(attention, (str, bytes, Mapping)) or not isinstance(attention, Sequence):
+        raise ValueError(
+            f"attention must be a list of QKAttribution (sae_circuits.attribute_attention), got "
+            f"{type(attention).__name__}"
+        )
+    given = graph.metadata.get("tokens")
+    tokens = [int(t) for t in given] if isinstance(given, (list, tuple)) else None
+    records = []
+    for i, qk in enumerate(attention):
+        what = f"attention[{i}]"
+        record = _qk_record(qk, what)
+        meta = getattr(qk, "metadata", None)
+        theirs = meta.get("tokens") if isinstance(meta, Mapping) else None
+        if tokens is not None and theirs is not None and [int(t) for t in theirs] != tokens:
+            raise ValueError(
+                f"{what} is of another prompt ({len(theirs)} tokens, the graph's {len(tokens)}, "
+                "or other ones): compute it with the graph's prompt"
+            )
+        n = len(tokens) if tokens is not None else None
+        if n is not None and not (record["query"] < n and record["key"] < n):
+            raise ValueError(
+                f"{what}: query {record['query']} / key {record['key']} outside the prompt's "
+                f"0..{n - 1}"
+            )
+        records.append(record)
+    prompt = graph.metadata.get("prompt")
+    data = {
+        "format": _ATTENTION_FORMAT,
+        "version": 1,
+        "max_rows": MAX_QK_ROWS,
+        "prompt": prompt if isinstance(prompt, str) else None,
+        "tokens": tokens,
+        "records": records,
+    }
+    return _dump(data)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def _cell_ok(v: Any) -> bool:
+    return (
+        v is None or isinstance(v, (str, bool, int)) or (isinstance(v, float) and math.isfinite(v))
+    )
+
+
+def _check_attention(data: Any, what: str) -> dict[str, Any]:
+    """The content of an ``attention.json``, checked to be what :func:`write_graph_folder` writes
+    (the parts the page reads), or a :class:`GraphFolderError` naming the first fault."""
+    if not isinstance(data, dict) or not isinstance(data.get("records"), list):
+        raise GraphFolderError(
+            f"{what} is not a QK attribution file (expected a JSON object with a 'records' list, "
+            "as write_graph_folder(..., attention=...) writes it)"
+        )
+    for i, record in enumerate(data["records"]):
+        where = f"{what}: records[{i}]"
+        if not isinstance(record, dict):
+            raise GraphFolderError(f"{where} is not an object")
+        for name in ("layer", "head", "query", "key"):
+            v = record.get(name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise GraphFolderError(f"{where}.{name} must be a whole number >= 0, got {v!r:.40}")
+        for name, v in record.items():
+            if name not in _QK_TABLES and name != "settings" and not _cell_ok(v):
+                raise GraphFolderError(f"{where}.{name} must be a number, a string or null")
+        for name in _QK_TABLES:
+            rows = record.get(name, [])
+            ids = ("query_node", "key_node") if name == "pairs" else ("node",)
+            if not isinstance(rows, list):
+                raise GraphFolderError(f"{where}.{name} must be a list")
+            for j, row in enumerate(rows):
+                ok = (
+                    isinstance(row, dict)
+                    and all(isinstance(row.get(c), str) for c in ids)
+                    and all(_cell_ok(v) for v in row.values())
+                )
+                if not ok:
+                    raise GraphFolderError(
+                        f"{where}.{name}[{j}] must be an object of numbers, strings and nulls "
+                        f"with string {' and '.join(repr(c) for c in ids)}"
+                    )
+    return data
+
+
+def _read_attention(path: Path) -> dict[str, Any]:
+    """An ``attention.json``, checked (:func:`_check_attention`).
+
+    Raises:
+        GraphFolderError: It cannot be read or is not such a file.
+    """
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"), parse_constant=_no_constant)
+    except OSError as e:
+        raise GraphFolderError(f"{path} cannot be read ({e.strerror or e})") from e
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        message = "nested too deeply" if isinstance(e, RecursionError) else str(e)[:200]
+        raise GraphFolderError(f"{path} is not valid JSON ({message})") from e
+    return _check_attention(data, str(path))
+
+
 def build_document(
     graph: AttributionGraph,
     *,
@@ -445,6 +672,7 @@ def build_document(
         "scores": own_scores,
         "full_scores": _scores(full_scores),
         "head_loadings": None,
+        "attention": None,
     }
     if heads is not None:
         _attach_heads(doc, heads)
@@ -452,7 +680,10 @@ def build_document(
 
 
 def _dump(doc: Mapping[str, Any]) -> bytes:
-    return json.dumps(doc, allow_nan=False, ensure_ascii=False).encode("utf-8")
+    try:
+        return json.dumps(doc, allow_nan=False, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate in a string (a file read back): escape it
+        return json.dumps(doc, allow_nan=False).encode("ascii")
 
 
 def write_graph_folder(
@@ -464,13 +695,14 @@ def write_graph_folder(
     scan: str | None = None,
     labels: Mapping[str, str] | None = None,
     head_loadings: pd.DataFrame | None = None,
+    attention: Sequence[QKAttribution] | None = None,
 ) -> GraphFolderFiles:
     """Write a graph folder: ``graph.zip`` (if ``graph``), ``pruned.zip``, ``graph.json`` and,
-    with ``head_loadings``, ``head_loadings.csv``.
+    with ``head_loadings``, ``head_loadings.csv``, with ``attention``, ``attention.json``.
 
     Every file is written atomically; an existing ``annotations.json`` is left alone, an existing
-    ``head_loadings.csv`` is removed when no ``head_loadings`` are given (it belonged to the
-    graph written before).
+    ``head_loadings.csv`` (``attention.json``) is removed when no ``head_loadings``
+    (``attention``) are given (it belonged to the graph written before).
 
     Args:
         folder: The folder (created with its parents if missing).
@@ -483,13 +715,20 @@ def write_graph_folder(
             graph's edges (all or some) split over the heads that carry them, with the pruned
             graph's node indices. Saved as ``head_loadings.csv`` (with the node ids) and shown
             in the viewer (links' ``heads``).
+        attention: QK attributions (:func:`sae_circuits.attribute_attention`) of the graph's
+            prompt, e.g. of the heads that carry its edges most (what ``sae-circuits attribute
+            --head-loadings`` computes). Saved as ``attention.json``, the first
+            :data:`MAX_QK_ROWS` rows of each table (see the module docstring); the viewer shows a
+            head's pairs from an edge's head line where the record's query and key are the
+            edge's target and source positions.
 
     Returns:
         The files written.
 
     Raises:
-        ValueError: Bad slug (see :func:`build_document`), or ``head_loadings`` are not of the
-            pruned graph's edges (nothing is written then).
+        ValueError: Bad slug (see :func:`build_document`), ``head_loadings`` are not of the
+            pruned graph's edges, or ``attention`` holds something that is no QK attribution of
+            the graph's prompt (nothing is written then).
     """
     folder = Path(folder)
     full_scores = None
@@ -507,19 +746,31 @@ def write_graph_folder(
         full_scores=full_scores,
         head_loadings=head_loadings,
     )
+    qk_data = _attention_json(pruned, attention) if attention is not None else None
+    if attention is not None:
+        doc["metadata"]["sae_circuits"]["attention"] = {
+            "file": ATTENTION_FILE,
+            "n_records": len(attention),
+            "max_rows": MAX_QK_ROWS,
+        }
     data = _dump(doc)
     folder.mkdir(parents=True, exist_ok=True)
     if head_loadings is None:
         (folder / HEAD_LOADINGS_FILE).unlink(missing_ok=True)
+    if qk_data is None:
+        (folder / ATTENTION_FILE).unlink(missing_ok=True)
     graph_path = graph.save(folder / GRAPH_FILE) if graph is not None else None
     pruned_path = pruned.save(folder / PRUNED_FILE)
     heads_path = None
     if head_loadings is not None:
         table = _loadings_csv(pruned, head_loadings)
         heads_path = atomic_write(folder / HEAD_LOADINGS_FILE, lambda f: f.write(table))
+    qk_path = None
+    if qk_data is not None:
+        qk_path = atomic_write(folder / ATTENTION_FILE, lambda f: f.write(qk_data))
     doc_path = atomic_write(folder / DOCUMENT_FILE, lambda f: f.write(data))
     logger.info("wrote graph folder %s", folder)
-    return GraphFolderFiles(folder, graph_path, pruned_path, doc_path, heads_path)
+    return GraphFolderFiles(folder, graph_path, pruned_path, doc_path, heads_path, qk_path)
 
 
 def _thresholds(doc: Mapping[str, Any]) -> tuple[float | None, float | None]:
@@ -587,7 +838,8 @@ class GraphSource:
     documents are cached (least recently used first out). Documents built here (re-pruned, or
     from ``pruned.zip`` / ``graph.zip`` without ``graph.json``) take their links' ``heads`` from
     ``head_loadings.csv`` when the folder has one (matched by node ids and weight; links it does
-    not cover have none).
+    not cover have none). The QK attributions of ``attention.json`` are served on their own
+    (:meth:`attention`), whatever the thresholds.
 
     Args:
         folder: The graph folder.
@@ -657,6 +909,41 @@ class GraphSource:
 
         return stamp, self._cached(("heads", *stamp), read)
 
+    def _attention(self) -> dict[str, Any] | GraphFolderError | None:
+        """The checked content of ``attention.json`` (cached by stamp), the error that reading
+        it gave, or ``None`` without the file."""
+        path = self._file(ATTENTION_FILE)
+        if path is None:
+            return None
+
+        def read() -> dict[str, Any] | GraphFolderError:
+            try:
+                return _read_attention(path)
+            except GraphFolderError as e:
+                logger.warning("cannot serve the QK attributions: %s", e)
+                return e
+
+        return self._cached(("attention", *self._stamp(path)), read)
+
+    def attention(self) -> dict[str, Any]:
+        """The folder's QK attributions (``attention.json``, checked), ``{"records": []}`` (with
+        the format fields) when it has none.
+
+        Raises:
+            GraphFolderError: ``attention.json`` cannot be read or is not such a file.
+        """
+        with self._lock:
+            data = self._attention()
+        if isinstance(data, GraphFolderError):
+            raise data
+        if data is None:
+            return {"format": _ATTENTION_FORMAT, "version": 1, "records": []}
+        return data
+
+    def attention_bytes(self) -> bytes:
+        """:meth:`attention` as UTF-8 JSON."""
+        return _dump(self.attention())
+
     def _build(
         self, graph: AttributionGraph, heads: _LinkHeads | None, **kw: Any
     ) -> dict[str, Any]:
@@ -702,7 +989,9 @@ class GraphSource:
             edge_threshold: Edge threshold in ``[0, 1]``; ``None`` for the saved one.
 
         Returns:
-            The document, with ``metadata.viewer`` = ``{"can_reprune", "thresholds"}``.
+            The document, with ``metadata.viewer`` = ``{"can_reprune", "thresholds",
+            "attention"}`` (``attention``: ``{"n_records"}`` of the folder's readable
+            ``attention.json``, else ``null``).
 
         Raises:
             TypeError, ValueError: A threshold is not a number in ``[0, 1]``.
@@ -724,12 +1013,14 @@ class GraphSource:
             )
             doc = base if same else self._repruned(base, nt, et)
             thresholds = _thresholds(doc)
+            qk = self._attention()
         out = dict(doc)
         out["metadata"] = {
             **doc.get("metadata", {}),
             "viewer": {
                 "can_reprune": self.can_reprune,
                 "thresholds": {"node_threshold": thresholds[0], "edge_threshold": thresholds[1]},
+                "attention": ({"n_records": len(qk["records"])} if isinstance(qk, dict) else None),
             },
         }
         return out
@@ -754,6 +1045,7 @@ class GraphSource:
             if isinstance(n.get("clerp"), str) and n["clerp"] and kind_of(n) != "logit"
         }
         full_scores = (meta.get("sae_circuits") or {}).get("full_scores")
+        qk_meta = (meta.get("sae_circuits") or {}).get("attention")
         heads_stamp, heads = self._heads()
 
         def make() -> dict[str, Any]:
@@ -763,6 +1055,7 @@ class GraphSource:
             scan = raw_scan if isinstance(raw_scan, str) else None
             doc = self._build(pruned, heads, slug=slug, scan=scan, labels=labels)
             doc["metadata"]["sae_circuits"]["full_scores"] = full_scores
+            doc["metadata"]["sae_circuits"]["attention"] = qk_meta
             return doc
 
         return self._cached(("pruned", *self._stamp(graph_path), *heads_stamp, nt, et), make)

@@ -10,6 +10,10 @@ parameters but ``/api/graph``'s two, each at most once: anything else is ``400``
                                        re-prunes the full graph, see
                                        :class:`~sae_circuits.viewer.document.GraphSource`)
 ``GET /api/annotations``               labels, supernodes, pins
+``GET /api/attention``                 the folder's QK attributions (``attention.json``, checked;
+                                       ``{"records": []}`` without it, ``409`` when it cannot be
+                                       read), see :meth:`GraphSource.attention
+                                       <sae_circuits.viewer.document.GraphSource.attention>`
 ``POST /api/annotations``              a JSON patch (``application/json``, at most
                                        ``max_body_bytes``); answers the merged document
 ``GET /files/<name>``                  a file of the served folder (e.g. ``graph.json`` to upload
@@ -324,6 +328,13 @@ class ViewerHandler(BaseHTTPRequestHandler):
             self._send(HTTPStatus.OK, static.read_bytes(), _TYPES[suffix], extra)
         elif path == "/api/graph":
             self._graph(_parse_query(query, ("node_threshold", "edge_threshold")))
+        elif path == "/api/attention":
+            _parse_query(query, ())
+            try:
+                body = self.server.source.attention_bytes()
+            except GraphFolderError as e:  # a broken file: a conflict with the folder's state
+                raise _HTTPError(HTTPStatus.CONFLICT, str(e)) from e
+            self._send(HTTPStatus.OK, body, "application/json; charset=utf-8")
         elif path == "/api/annotations":
             _parse_query(query, ())
             try:

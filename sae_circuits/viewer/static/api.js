@@ -41,6 +41,11 @@ export function fetchGraph(thresholds) {
   return request(qs ? `api/graph?${qs}` : "api/graph");
 }
 
+/** The folder's QK attributions (attention.json): {records: [...]}, empty without the file. */
+export function fetchAttention() {
+  return request("api/attention");
+}
+
 /** The saved annotations: {revision, labels, supernodes, pinned}. */
 export function fetchAnnotations() {
   return request("api/annotations");

@@ -133,15 +133,85 @@ export function headName(part) {
   return part.layer === null ? "direct" : `L${part.layer}H${part.head}`;
 }
 
-/** How a link is split over the heads: `L1H2 61%, L1H0 30%, direct 9%`. Parts under half a
- * percent are left out (but the first), and what the listed parts leave of the edge (the parts
- * left out, and those beyond the document's few) is shown as `other` when it is not that small. */
-export function describeHeads(heads) {
+/** The parts of a link's head line, in order: `{part, name, share}` (`part` the head part, null
+ * for `other`). Parts under half a percent are left out (but the first), and what the listed
+ * parts leave of the edge (the parts left out, and those beyond the document's few) is `other`
+ * when it is not that small. */
+export function headParts(heads) {
   const shown = heads.filter((h, i) => i === 0 || Math.abs(h.share) >= 0.005);
-  const parts = shown.map((h) => `${headName(h)} ${percent(h.share)}`);
+  const parts = shown.map((h) => ({ part: h, name: headName(h), share: percent(h.share) }));
   const rest = 1 - shown.reduce((sum, h) => sum + h.share, 0);
-  if (Math.abs(rest) >= 0.005) parts.push(`other ${percent(rest)}`);
-  return parts.join(", ");
+  if (Math.abs(rest) >= 0.005) parts.push({ part: null, name: "other", share: percent(rest) });
+  return parts;
+}
+
+/** How a link is split over the heads: `L1H2 61%, L1H0 30%, direct 9%` (see headParts). */
+export function describeHeads(heads) {
+  return headParts(heads)
+    .map((p) => `${p.name} ${p.share}`)
+    .join(", ");
+}
+
+/** The key of a QK attribution: head `layer`/`head` at query `query`, key `key` (positions). */
+export function qkKey(layer, head, query, key) {
+  return `${layer}/${head}/${query}/${key}`;
+}
+
+function qkRows(raw, ends) {
+  if (!Array.isArray(raw)) return [];
+  const rows = [];
+  for (const r of raw) {
+    if (!r || typeof r !== "object") continue;
+    const row = { contribution: num(r.contribution) };
+    for (const [name, prefix] of ends) {
+      const id = r[`${prefix}node`];
+      if (typeof id !== "string") break;
+      row[name] = {
+        id,
+        kind: typeof r[`${prefix}kind`] === "string" ? r[`${prefix}kind`] : null,
+        layer: intOrNull(r[`${prefix}layer`]),
+        position: intOrNull(r[`${prefix}position`]),
+        feature: intOrNull(r[`${prefix}feature`]),
+        token: typeof r[`${prefix}token`] === "string" ? r[`${prefix}token`] : null,
+      };
+    }
+    if (ends.every(([name]) => row[name])) rows.push(row);
+  }
+  return rows;
+}
+
+/** The QK attributions of the server's `api/attention` by qkKey (the first record of a key):
+ * {layer, head, query, key, score, pattern, residual, pairs: [{query, key, contribution}],
+ * querySide, keySide: [{source, contribution}], with each end {id, kind, layer, position,
+ * feature, token}}. */
+export function buildAttention(data) {
+  const byKey = new Map();
+  const records = data && Array.isArray(data.records) ? data.records : [];
+  for (const r of records) {
+    if (!r || typeof r !== "object") continue;
+    const where = ["layer", "head", "query", "key"].map((k) => intOrNull(r[k]));
+    if (where.some((v) => v === null)) continue;
+    const key = qkKey(...where);
+    if (byKey.has(key)) continue;
+    const [layer, head, query, keyPos] = where;
+    byKey.set(key, {
+      layer,
+      head,
+      query,
+      key: keyPos,
+      score: num(r.score),
+      pattern: num(r.pattern),
+      residual: num(r.residual),
+      nPairs: intOrNull(r.n_pairs),
+      pairs: qkRows(r.pairs, [
+        ["query", "query_"],
+        ["key", "key_"],
+      ]),
+      querySide: qkRows(r.query_side, [["source", ""]]),
+      keySide: qkRows(r.key_side, [["source", ""]]),
+    });
+  }
+  return byKey;
 }
 
 /** A short name: `L2 #17 @3`, `error L2 @3`, `"dallas" @3`, `→ "austin"`. */

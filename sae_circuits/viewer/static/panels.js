@@ -1,7 +1,8 @@
 // The side panels: a node's details (fields, label editor, pin / select buttons, Neuronpedia
-// link, strongest incoming and outgoing edges) and the supernode list (rename, show, ungroup).
+// link, strongest incoming and outgoing edges), a head's QK attribution (why it attended where
+// it did: its top query/key pairs) and the supernode list (rename, show, ungroup).
 
-import { colorOf, describe, describeHeads, fmt, headName, percent, signed, supernodesOf } from "./model.js";
+import { colorOf, describe, fmt, headName, headParts, percent, qkKey, signed, supernodesOf } from "./model.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -14,18 +15,39 @@ function addField(dl, name, value) {
   dl.append(dt, dd);
 }
 
-// The heads that carry an edge, under its entry: "via L1H2 61%, L1H0 30%, direct 9%".
-function headLine(heads) {
+// The heads that carry an edge, under its entry: "via L1H2 61%, L1H0 30%, direct 9%". A head
+// whose QK attribution at the edge's positions (query: the target's, key: the source's) the
+// folder holds is a button that opens it.
+function headLine(link, state, actions) {
+  const { heads } = link;
   const div = document.createElement("div");
   div.className = "heads";
-  div.textContent = `via ${describeHeads(heads)}`;
+  div.append("via ");
+  headParts(heads).forEach((p, i) => {
+    if (i) div.append(", ");
+    const h = p.part;
+    const key = h && h.layer !== null ? qkKey(h.layer, h.head, link.target.position, link.source.position) : null;
+    if (key !== null && state.attention.has(key)) {
+      const button = document.createElement("button");
+      button.type = "button";
+      button.className = key === state.qkKey ? "head-link active" : "head-link";
+      button.textContent = p.name;
+      button.dataset.qk = key;
+      button.title = `why ${p.name} attends from @${link.target.position} to @${link.source.position}: its top query/key pairs`;
+      button.addEventListener("click", () => actions.showQK(key));
+      div.append(button);
+    } else {
+      div.append(p.name);
+    }
+    div.append(` ${p.share}`);
+  });
   div.title = heads
     .map((h) => `${headName(h)}: ${signed(h.loading)} (${percent(h.share)} of the edge)`)
     .join("\n");
   return div;
 }
 
-function edgeList(ol, links, otherEnd, actions) {
+function edgeList(ol, links, otherEnd, state, actions) {
   ol.replaceChildren();
   const top = [...links].sort((a, b) => Math.abs(b.weight) - Math.abs(a.weight)).slice(0, 8);
   if (!top.length) {
@@ -46,7 +68,7 @@ function edgeList(ol, links, otherEnd, actions) {
     w.className = `w ${link.weight >= 0 ? "pos" : "neg"}`;
     w.textContent = signed(link.weight);
     li.append(button, w);
-    if (link.heads) li.append(headLine(link.heads));
+    if (link.heads) li.append(headLine(link, state, actions));
     ol.append(li);
   }
 }
@@ -91,8 +113,88 @@ export function renderDetails(model, state, actions) {
   link.hidden = !node.npUrl;
   if (node.npUrl) link.href = node.npUrl;
   else link.removeAttribute("href");
-  edgeList($("incoming"), node.incoming, (l) => l.source, actions);
-  edgeList($("outgoing"), node.outgoing, (l) => l.target, actions);
+  edgeList($("incoming"), node.incoming, (l) => l.source, state, actions);
+  edgeList($("outgoing"), node.outgoing, (l) => l.target, state, actions);
+}
+
+const KNOWN_KINDS = new Set(["feature", "error", "token"]);
+
+// One end of a QK pair (or a side's source): a node of the document is a button that selects
+// it; a source the pruned graph left out is described from the record; the constant terms are
+// "bias".
+function qkEnd(end, model, actions) {
+  const node = model.byId.get(end.id);
+  if (node) {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.textContent = describe(node) + (node.clerp ? ` ${node.clerp}` : "");
+    button.dataset.goto = node.id;
+    button.addEventListener("click", () => actions.select(node.id, true));
+    return button;
+  }
+  const span = document.createElement("span");
+  span.dataset.node = end.id;
+  if (end.id === "bias" || end.kind === "bias") {
+    span.className = "bias";
+    span.textContent = "bias";
+    span.title = "the constant terms: biases, positional embeddings, what the attention-sink position holds";
+  } else {
+    span.className = "absent";
+    const token = end.token ?? (end.position !== null ? model.promptTokens[end.position] : undefined);
+    span.textContent = KNOWN_KINDS.has(end.kind) ? describe({ ...end, token: token ?? null }) : end.id;
+    span.title = `${end.id}: not in the graph shown`;
+  }
+  return span;
+}
+
+function contribution(x) {
+  const w = document.createElement("span");
+  w.className = `w ${x !== null && x >= 0 ? "pos" : "neg"}`;
+  w.textContent = x === null ? "–" : signed(x);
+  return w;
+}
+
+function qkList(ol, rows, render) {
+  ol.replaceChildren();
+  if (!rows.length) {
+    const li = document.createElement("li");
+    li.textContent = "none";
+    li.className = "hint";
+    ol.append(li);
+  }
+  for (const row of rows) {
+    const li = document.createElement("li");
+    li.append(...render(row), contribution(row.contribution));
+    ol.append(li);
+  }
+}
+
+/** Fill the QK panel for the head chosen in an edge's head line (or hide it). */
+export function renderQK(model, state, actions) {
+  const record = state.qkKey ? state.attention.get(state.qkKey) : null;
+  $("qk-panel").hidden = !record;
+  if (!record) return;
+  const at = (p) => {
+    const token = model.promptTokens[p];
+    return token !== undefined ? `@${p} ("${token}")` : `@${p}`;
+  };
+  $("qk-title").textContent = `L${record.layer}H${record.head}: query ${at(record.query)} → key ${at(record.key)}`;
+  const dl = $("qk-fields");
+  dl.replaceChildren();
+  addField(dl, "score", fmt(record.score));
+  addField(dl, "pattern", fmt(record.pattern));
+  // (rounding noise when every pair is listed is shown as 0)
+  const { residual, score } = record;
+  const negligible = residual !== null && score !== null && Math.abs(residual) <= 1e-9 * Math.max(1, Math.abs(score));
+  addField(dl, "pairs not listed", fmt(negligible ? 0 : residual));
+  qkList($("qk-pairs"), record.pairs, (row) => {
+    const sep = document.createElement("span");
+    sep.className = "sep";
+    sep.textContent = " ↔ ";
+    return [qkEnd(row.query, model, actions), sep, qkEnd(row.key, model, actions)];
+  });
+  qkList($("qk-query-side"), record.querySide.slice(0, 8), (row) => [qkEnd(row.source, model, actions)]);
+  qkList($("qk-key-side"), record.keySide.slice(0, 8), (row) => [qkEnd(row.source, model, actions)]);
 }
 
 /** The supernode selection line and buttons. */

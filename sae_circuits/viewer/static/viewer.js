@@ -2,10 +2,10 @@
 // re-renders on every change. Annotations are saved as patches (only what changed), which the
 // server merges, so two tabs editing at once do not overwrite each other.
 
-import { fetchAnnotations, fetchGraph, saveAnnotations } from "./api.js";
+import { fetchAnnotations, fetchAttention, fetchGraph, saveAnnotations } from "./api.js";
 import { drawGraph, revealNode } from "./graph_view.js";
-import { buildModel, fmt } from "./model.js";
-import { renderDetails, renderSelection, renderSupernodes } from "./panels.js";
+import { buildAttention, buildModel, fmt } from "./model.js";
+import { renderDetails, renderQK, renderSelection, renderSupernodes } from "./panels.js";
 import { drawSubgraph } from "./subgraph.js";
 
 const $ = (id) => document.getElementById(id);
@@ -15,6 +15,9 @@ const state = {
   annotations: { revision: 0, labels: {}, supernodes: {}, pinned: [] },
   selectedId: null,
   grouping: new Set(),
+  // QK attributions of the folder (attention.json) by qkKey, and the one shown (or null)
+  attention: new Map(),
+  qkKey: null,
 };
 
 function setStatus(text, isError = false) {
@@ -46,6 +49,7 @@ function renderHeader() {
   if (sc.n_nodes_before) parts.push(`of ${sc.n_nodes_before} / ${sc.n_edges_before}`);
   const heads = sc.head_loadings || null;
   if (heads && Number.isFinite(Number(heads.n_links))) parts.push(`heads of ${Number(heads.n_links)} edges`);
+  if (state.attention.size) parts.push(`QK of ${state.attention.size} heads`);
   const scores = sc.scores || null;
   if (scores) parts.push(`replacement ${fmt(scores.replacement, 2)}`, `completeness ${fmt(scores.completeness, 2)}`);
   $("stats").textContent = parts.join(" · ");
@@ -58,6 +62,7 @@ function render() {
   renderHeader();
   drawGraph($("graph-svg"), model, state, actions);
   renderDetails(model, state, actions);
+  renderQK(model, state, actions);
   renderSelection(model, state);
   renderSupernodes(model, state, actions);
   drawSubgraph($("subgraph-svg"), model, state, actions);
@@ -86,6 +91,15 @@ const actions = {
     state.selectedId = id;
     render();
     if (reveal) revealNode($("graph-svg"), id);
+  },
+  showQK(key) {
+    state.qkKey = state.attention.has(key) ? key : null;
+    render();
+    if (state.qkKey) $("qk-panel").scrollIntoView({ block: "nearest" });
+  },
+  closeQK() {
+    state.qkKey = null;
+    render();
   },
   toggleGrouping(id) {
     if (state.grouping.has(id)) state.grouping.delete(id);
@@ -134,6 +148,7 @@ function wireControls() {
     $("supernode-name").value = "";
     save({ supernodes: { [newSupernodeId()]: { label: name, members } } });
   });
+  $("qk-close").addEventListener("click", () => actions.closeQK());
   $("selection-clear").addEventListener("click", () => {
     state.grouping = new Set();
     render();
@@ -155,6 +170,8 @@ function wireControls() {
     if (event.key === "Escape" && state.grouping.size) {
       state.grouping = new Set();
       render();
+    } else if (event.key === "Escape" && state.qkKey) {
+      actions.closeQK();
     }
   });
 }
@@ -168,6 +185,14 @@ async function init() {
   } catch (err) {
     fatal(`Cannot load the graph: ${err.message}`);
     return;
+  }
+  if ((state.model.meta.viewer || {}).attention) {
+    // the QK attributions are a nicety: the graph is shown without them if they cannot be read
+    try {
+      state.attention = buildAttention(await fetchAttention());
+    } catch (err) {
+      setStatus(`QK attributions not loaded: ${err.message}`, true);
+    }
   }
   render();
   document.body.dataset.ready = "1";
