@@ -15,7 +15,9 @@ They are computed as differences of rows of the same targets in the frozen model
 frozen (their outputs held at clean values, so that no effect passes through them):
 ``direct = R(every head frozen)``, ``loading(l, h) = R(heads above l and the other heads of l
 frozen) - R(heads at l and above frozen)``, one trace per layer and per head up to the highest
-target layer.
+target layer. Memory: two dense ``(distinct targets, sources)`` float64 blocks at a time, so it is
+meant for pruned graphs or chosen edges (the edges into a few hundred targets), not whole graphs
+of long prompts.
 
 Example:
     >>> pruned = graph.prune()
@@ -101,27 +103,33 @@ def head_loadings(
     settings = graph.metadata.get("settings") or {}
     sink = bool(settings.get("attention_sink", True))
     targets = np.unique(tgt)
-    specs = _target_specs(model, graph, targets, len(tokens), resolved)
-    hooks = [t.site for t in specs if t.site is not None and not t.reads_mlp_input]
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
+    everything = list(range(n_heads))
+    custom = _custom_targets(model, graph, targets, len(tokens), resolved)
+    hooks = [t.site for t in custom.values() if t.site is not None and not t.reads_mlp_input]
 
-    def rows(frozen: dict[int, list[int]]) -> tuple[Trace, torch.Tensor]:
-        tr = trace(
+    def frozen_trace(frozen: dict[int, list[int]]) -> Trace:
+        return trace(
             model, tokens, resolved, attention_sink=sink, target_hooks=hooks, frozen_heads=frozen
         )
+
+    # the first trace (every head frozen: the direct part) also gives the features' encoder rows
+    first = frozen_trace({layer: everything for layer in range(n_layers)})
+    active = _active_index(first)
+    specs = [
+        custom[t] if t in custom else _feature_target(graph, first, active, t) for t in targets
+    ]
+
+    def rows(tr: Trace) -> torch.Tensor:
         out = torch.zeros(len(specs), tr.n_sources, dtype=torch.float64)
-        for idx, layers, positions, vectors, hook in _target_groups(
-            tr, _features_as_vectors(tr, specs)
-        ):
-            out[torch.from_numpy(idx)] = (
-                tr.rows(layers, positions, vectors, hook=hook).double().cpu()
-            )
-        return tr, out
+        for idx, layers, positions, vectors, hook in _target_groups(tr, specs):
+            part = tr.rows(layers, positions, vectors, hook=hook)
+            out[torch.from_numpy(idx)] = part.double().cpu()
+        return out
 
     top = min(max(t.layer for t in specs), n_layers - 1)
-    everything = list(range(n_heads))
-    tr, direct = rows({layer: everything for layer in range(n_layers)})
-    columns = _source_columns(graph, tr, src)
+    direct = rows(first)
+    columns = _source_columns(graph, first, active, src)
     pick_t = np.searchsorted(targets, tgt)
     parts: list[tuple[str, int | None, int | None, np.ndarray]] = [
         ("direct", None, None, direct[pick_t, columns].numpy())
@@ -130,10 +138,10 @@ def head_loadings(
     for layer in range(top + 1):
         above = {lay: everything for lay in range(layer + 1, n_layers)}
         for head in range(n_heads):
-            _, only = rows({**above, layer: [h for h in everything if h != head]})
+            only = rows(frozen_trace({**above, layer: [h for h in everything if h != head]}))
             parts.append(("head", layer, head, (only - below)[pick_t, columns].numpy()))
         if layer < top:
-            _, below = rows({lay: everything for lay in range(layer + 1, n_layers)})
+            below = rows(frozen_trace(above))
     tables = []
     for part, layer, head, values in parts:
         keep = values != 0
@@ -155,41 +163,27 @@ def head_loadings(
     return out.reset_index(drop=True)
 
 
-def _target_specs(
+def _custom_targets(
     model: HookedTransformer,
     graph: AttributionGraph,
     targets: np.ndarray,
     n_pos: int,
     resolved: ResolvedTranscoders,
-) -> list[ResolvedTarget]:
-    """A :class:`ResolvedTarget` per target node (a feature's direction is filled in later, by
-    :func:`_features_as_vectors`, from the trace's encoder rows)."""
+) -> dict[int, ResolvedTarget]:
+    """The target-block nodes among ``targets`` (logits, custom targets), resolved again from
+    the graph's description of them."""
     nodes = graph.nodes
     kinds = nodes["kind"].astype(str).to_numpy()
     described = graph.metadata.get("targets")
     target_rank = {int(i): j for j, i in enumerate(graph.target_indices)}
-    specs: list[ResolvedTarget] = []
+    out: dict[int, ResolvedTarget] = {}
     for node in targets.tolist():
         kind = kinds[node]
-        row = nodes.iloc[node]
         if kind == "feature":
-            specs.append(
-                ResolvedTarget(
-                    label=f"feature {node}",
-                    kind="direction",
-                    node_kind="target",
-                    position=int(row["position"]),
-                    token_ids=(int(row["layer"]), int(row["feature"])),  # (layer, feature)
-                    site=None,
-                    layer=int(row["layer"]),
-                    reads_mlp_input=True,
-                    direction=None,
-                    weight=None,
-                )
-            )
             continue
         if kind not in ("logit", "target"):
             raise ValueError(f"node {node} ({kind}) is not a target of the graph: it has no row")
+        row = nodes.iloc[node]
         d = described[target_rank[node]] if isinstance(described, list) else None
         if d is None or d.get("kind") == "logit":
             spec: Any = Target.logit(int(row["token_id"]), position=int(row["position"]))
@@ -197,62 +191,57 @@ def _target_specs(
             spec = Target.logit_diff(*d["token_ids"], position=int(d["position"]))
         else:
             spec = Target("t", d["direction"], position=int(d["position"]), hook=d["hook"])
-        specs.extend(resolve_targets(model, [spec], n_pos=n_pos, resolved=resolved))
-    return specs
-
-
-def _features_as_vectors(tr: Trace, specs: list[ResolvedTarget]) -> list[ResolvedTarget]:
-    """Feature targets (marked by ``reads_mlp_input`` without a site) with their encoder rows."""
-    index = {
-        (int(lay), int(pos), int(f)): i
-        for i, (lay, pos, f) in enumerate(
-            zip(
-                tr.feature_layer.tolist(),
-                tr.feature_pos.tolist(),
-                tr.feature_idx.tolist(),
-                strict=True,
-            )
-        )
-    }
-    out = []
-    for t in specs:
-        if t.site is None and t.reads_mlp_input:
-            layer, feature = t.token_ids
-            i = index[(layer, t.position, feature)]
-            vec = tr.encoder_vectors(torch.tensor([i]))[0].double().cpu()
-            t = ResolvedTarget(
-                label=t.label, kind="direction", node_kind="target", position=t.position,
-                token_ids=(), site=None, layer=layer, reads_mlp_input=True, direction=vec,
-                weight=None,
-            )  # fmt: skip
-        out.append(t)
+        (out[node],) = resolve_targets(model, [spec], n_pos=n_pos, resolved=resolved)
     return out
 
 
-def _source_columns(graph: AttributionGraph, tr: Trace, sources: np.ndarray) -> np.ndarray:
+def _active_index(tr: Trace) -> dict[tuple[int, int, int], int]:
+    """(layer, position, feature) -> index of an active feature in ``tr``."""
+    keys = zip(
+        tr.feature_layer.tolist(), tr.feature_pos.tolist(), tr.feature_idx.tolist(), strict=True
+    )
+    return {key: i for i, key in enumerate(keys)}
+
+
+def _feature_target(
+    graph: AttributionGraph, tr: Trace, active: dict[tuple[int, int, int], int], node: int
+) -> ResolvedTarget:
+    """A feature node as a target: its encoder row at its layer's transcoder input."""
+    row = graph.nodes.iloc[node]
+    layer, position = int(row["layer"]), int(row["position"])
+    i = active[(layer, position, int(row["feature"]))]
+    return ResolvedTarget(
+        label=f"feature {node}",
+        kind="direction",
+        node_kind="target",
+        position=position,
+        token_ids=(),
+        site=None,
+        layer=layer,
+        reads_mlp_input=True,
+        direction=tr.encoder_vectors(torch.tensor([i]))[0].double().cpu(),
+        weight=None,
+    )
+
+
+def _source_columns(
+    graph: AttributionGraph,
+    tr: Trace,
+    active: dict[tuple[int, int, int], int],
+    sources: np.ndarray,
+) -> np.ndarray:
     """The trace's source column of each graph source node."""
     nodes = graph.nodes
     kinds = nodes["kind"].astype(str).to_numpy()
     layer = nodes["layer"].to_numpy(dtype=float, na_value=-1).astype(np.int64)
     position = nodes["position"].to_numpy(dtype=float, na_value=-1).astype(np.int64)
     feature = nodes["feature"].to_numpy(dtype=float, na_value=-1).astype(np.int64)
-    index = {
-        key: i
-        for i, key in enumerate(
-            zip(
-                tr.feature_layer.tolist(),
-                tr.feature_pos.tolist(),
-                tr.feature_idx.tolist(),
-                strict=True,
-            )
-        )
-    }
     n, n_layers, n_active = tr.n_pos, tr.n_layers, tr.n_active
     out = np.empty(len(sources), dtype=np.int64)
     for j, s in enumerate(sources.tolist()):
         kind = kinds[s]
         if kind == "feature":
-            out[j] = index[(int(layer[s]), int(position[s]), int(feature[s]))]
+            out[j] = active[(int(layer[s]), int(position[s]), int(feature[s]))]
         elif kind == "error":
             out[j] = n_active + int(layer[s]) * n + int(position[s])
         elif kind == "token":

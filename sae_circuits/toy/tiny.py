@@ -41,6 +41,21 @@ Kind = Literal["relu", "jumprelu", "skip", "jumprelu_skip", "topk"]
 KINDS: tuple[str, ...] = ("relu", "jumprelu", "skip", "jumprelu_skip", "topk")
 
 #: HookedTransformerConfig keyword arguments of each style (sizes are filled in by tiny_model).
+#: What the Gemma-style tiny models share (norms before and after each sublayer, local layers).
+_GEMMA: dict[str, Any] = dict(
+    act_fn="gelu_pytorch_tanh",
+    normalization_type="RMS",
+    gated_mlp=True,
+    positional_embedding_type="rotary",
+    final_rms=True,
+    use_normalization_before_and_after=True,
+    output_logits_soft_cap=30.0,
+    use_local_attn=True,
+    window_size=4,
+    eps=1e-6,
+    n_key_value_heads=2,
+)
+
 ARCHS: dict[str, dict[str, Any]] = {
     "gpt2": dict(act_fn="gelu_new", normalization_type="LN", positional_embedding_type="standard"),
     "llama": dict(
@@ -52,37 +67,13 @@ ARCHS: dict[str, dict[str, Any]] = {
         eps=1e-5,
         n_key_value_heads=2,
     ),
-    "gemma2": dict(
-        act_fn="gelu_pytorch_tanh",
-        normalization_type="RMS",
-        gated_mlp=True,
-        positional_embedding_type="rotary",
-        final_rms=True,
-        use_normalization_before_and_after=True,
-        attn_scores_soft_cap=50.0,
-        output_logits_soft_cap=30.0,
-        use_local_attn=True,
-        window_size=4,
-        eps=1e-6,
-        n_key_value_heads=2,
-        original_architecture="Gemma2ForCausalLM",
-    ),
+    "gemma2": dict(_GEMMA, attn_scores_soft_cap=50.0, original_architecture="Gemma2ForCausalLM"),
     # Gemma 3: QK-norm, local layers with their own rotary base, no attention soft-cap
     "gemma3": dict(
-        act_fn="gelu_pytorch_tanh",
-        normalization_type="RMS",
-        gated_mlp=True,
-        positional_embedding_type="rotary",
-        final_rms=True,
-        use_normalization_before_and_after=True,
+        _GEMMA,
         use_qk_norm=True,
         rotary_base=1_000_000,
         rotary_base_local=10_000,
-        output_logits_soft_cap=30.0,
-        use_local_attn=True,
-        window_size=4,
-        eps=1e-6,
-        n_key_value_heads=2,
         original_architecture="Gemma3ForCausalLM",
     ),
 }
