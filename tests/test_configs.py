@@ -33,6 +33,8 @@ from .tolerance import assert_close
 D, F = 8, 16
 SHIPPED = {
     "gemma-2-2b-gemmascope",
+    "gemma-3-270m-gemmascope2",
+    "gemma-3-270m-it-gemmascope2",
     "llama-3.1-8b-instruct-topk",
     "gemma-2-2b-clt-426k",
     "gemma-2-2b-clt-2.5m",
@@ -92,13 +94,15 @@ def test_shipped_configs_validate_against_saelens_and_transformerlens():
             lookup = directory[src.release]
             assert get_official_model_name(lookup.model) == official, name
             for layer, sae_id in enumerate(src.sae_ids):
-                assert re.search(rf"layer_{layer}\b", sae_id), (name, layer, sae_id)
+                assert re.search(rf"layer_{layer}(?![0-9])", sae_id), (name, layer, sae_id)
                 assert c.neuronpedia_id(layer) == lookup.neuronpedia_id[sae_id]
     # TransformerLens knows these models' shapes offline
     for name, model in (
         ("gemma-2-2b-gemmascope", "gemma-2-2b"),
         ("llama-3.2-1b-skip", None),
         ("llama-3.1-8b-instruct-topk", None),
+        ("gemma-3-270m-gemmascope2", None),
+        ("gemma-3-270m-it-gemmascope2", None),
     ):
         c = configs[name]
         tl = get_pretrained_model_config(model or c.model)

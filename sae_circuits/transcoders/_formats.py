@@ -13,6 +13,10 @@ Formats (``source.format`` of a transcoder config):
   scalar integer tensor ``k`` that circuit-tracer's ``to_safetensors`` writes for TopK layers;
 * ``gemmascope_npz``: GemmaScope's ``params.npz``: ``W_enc`` ``(d_in, F)``, ``W_dec``
   ``(F, d_out)``, ``b_enc``, ``b_dec``, ``threshold`` (JumpReLU);
+* ``gemmascope2`` (SAELens' ``gemma_3`` conversion only, not a config format): Gemma Scope 2's
+  ``params.safetensors``: ``w_enc`` ``(d_in, F)``, ``w_dec`` ``(F, d_out)``, ``b_enc``,
+  ``b_dec``, ``threshold`` (JumpReLU) and, in the ``*_affine`` folders,
+  ``affine_skip_connection`` ``(d_in, d_out)`` (skip ``x @ affine_skip_connection``);
 * ``saelens``: a folder with ``cfg.json`` + ``sae_weights.safetensors`` (``SAE.load_from_disk``).
 
 The result is a SAELens ``Transcoder`` / ``SkipTranscoder`` / ``JumpReLUTranscoder`` /
@@ -57,6 +61,7 @@ __all__ = ["SAELENS_FILES", "LayerMeta", "read_layer", "transcoder_classes"]
 SAELENS_FILES: dict[str | None, tuple[str, str]] = {
     "gemma_2_transcoder": ("gemmascope_npz", "{path}/params.npz"),
     "mwhanna_transcoder": ("circuit_tracer", "{path}"),
+    "gemma_3": ("gemmascope2", "{path}/params.safetensors"),
     "sae_lens": ("saelens", "{path}"),
     None: ("saelens", "{path}"),
 }
@@ -97,7 +102,7 @@ def read_layer(
 
     Args:
         path: The file or folder.
-        fmt: ``"circuit_tracer"``, ``"gemmascope_npz"`` or ``"saelens"``.
+        fmt: ``"circuit_tracer"``, ``"gemmascope_npz"``, ``"gemmascope2"`` or ``"saelens"``.
         meta: Layer, model and hooks to record in ``cfg.metadata``.
         device: Device of the weights.
         dtype: e.g. ``"float32"``.
@@ -128,12 +133,38 @@ def read_layer(
         with np.load(path) as arrays:
             tensors = {k: torch.from_numpy(np.array(arrays[k])) for k in arrays.files}
         native_enc = "d_in_first"
+    elif fmt == "gemmascope2":
+        tensors = _gemmascope2(load_file(str(path), device="cpu"), path)
+        native_enc = "d_in_first"
     elif fmt == "circuit_tracer":
         tensors = load_file(str(path), device="cpu")
         native_enc = "F_first"
     else:
         raise ValueError(f"unknown transcoder file format {fmt!r}")
     return _build(tensors, path, native_enc, meta, device=device, dtype=dtype, topk=topk)
+
+
+#: Gemma Scope 2's key names -> ours (as SAELens' gemma_3_sae_huggingface_loader maps them).
+_GEMMASCOPE2_KEYS = {
+    "w_enc": "W_enc",
+    "w_dec": "W_dec",
+    "b_enc": "b_enc",
+    "b_dec": "b_dec",
+    "threshold": "threshold",
+}
+
+
+def _gemmascope2(raw: Mapping[str, torch.Tensor], path: Path) -> dict[str, torch.Tensor]:
+    unknown = sorted(set(raw) - {*_GEMMASCOPE2_KEYS, "affine_skip_connection"})
+    if unknown:
+        raise ValueError(
+            f"{str(path)!r}: unknown tensors {unknown}; a Gemma Scope 2 params.safetensors holds "
+            f"{', '.join(sorted(_GEMMASCOPE2_KEYS))} and optionally affine_skip_connection"
+        )
+    out = {ours: raw[theirs] for theirs, ours in _GEMMASCOPE2_KEYS.items() if theirs in raw}
+    if "affine_skip_connection" in raw:  # (d_in, d_out); W_skip is (d_out, d_in)
+        out["W_skip"] = raw["affine_skip_connection"].T.contiguous()
+    return out
 
 
 def _orient(

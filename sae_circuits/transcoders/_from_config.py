@@ -7,6 +7,8 @@ Routes, by the config's source:
   Hugging Face cache SAELens uses) so that a missing file is reported by name. With a local copy
   (``local_dir=`` / ``SAE_CIRCUITS_TRANSCODERS_DIR``) the same files are read by our own readers
   (:mod:`sae_circuits.transcoders._formats`), as SAELens cannot read a local copy of a release.
+  Gemma Scope 2 (SAELens' ``gemma_3`` conversion) is always read by our reader from the cached
+  ``params.safetensors``: SAELens' loader reads its tensor shapes over HTTP, never offline.
 * Hugging Face repository: per-layer files through ``hf_hub_download`` and our readers (for the
   ``circuit_tracer`` format also the release's ``config.yaml`` next to them, when there is one:
   its ``activation: topk`` and ``k`` make the layers TopK transcoders, :func:`release_topk`); a CLT
@@ -271,6 +273,14 @@ def _saelens_layer(
                 f"sae_id {sae_id!r} at {pattern.format(path=path)!r}"
             )
         return read_layer(local, fmt, meta, device=device, dtype=dtype)
+    if conversion == "gemma_3":
+        # SAELens' gemma_3 loader reads the file's tensor shapes by HTTP range requests, past the
+        # cache (never offline): the same params.safetensors, through the cache, is read by our
+        # reader instead (the same key mapping: w_enc, w_dec, ..., affine_skip_connection.T)
+        assert layout is not None
+        fmt, pattern = layout
+        file = fetch.file(lookup.repo_id, pattern.format(path=path), revision)
+        return read_layer(file, fmt, meta, device=device, dtype=dtype)
     _prefetch(fetch, lookup.repo_id, path, conversion, revision)
     try:
         with warnings.catch_warnings():
