@@ -101,6 +101,66 @@ def _compare(label: str, path: Path, hf_cache) -> tuple:
     return model, reference, tokenizer, ids, mine
 
 
+def _check_gemma_scope_2_hooks(model, reference, ids: list[int]) -> None:
+    """Gemma Scope 2's transcoders read ``pre_feedforward_layernorm.output`` and write
+    ``post_feedforward_layernorm.output`` (SAELens' metadata): on the real weights these are our
+    ``blocks.{l}.mlp.hook_in`` and ``blocks.{l}.hook_mlp_out`` (the configs' hooks), while
+    SAELens' ``hook_mlp_in`` is the residual before the norm."""
+    from sae_circuits.core.hooks import scoped_hooks
+
+    n_layers = model.cfg.n_layers
+    ours: dict[str, torch.Tensor] = {}
+
+    def keep(name: str):
+        return lambda t: ours.__setitem__(name, t.detach()[0].clone())
+
+    names = [
+        f"blocks.{lay}.{h}"
+        for lay in range(n_layers)
+        for h in ("mlp.hook_in", "hook_mlp_out", "hook_resid_mid")
+    ]
+    with torch.no_grad(), scoped_hooks(model, [(n, keep(n)) for n in names]):
+        model(torch.tensor([ids]))
+    theirs: dict[str, torch.Tensor] = {}
+    handles = []
+    for lay, block in enumerate(reference.model.layers):
+        for module, key in (
+            (block.pre_feedforward_layernorm, "in"),
+            (block.post_feedforward_layernorm, "out"),
+        ):
+            handles.append(
+                module.register_forward_hook(
+                    lambda m, a, o, k=f"{lay}.{key}": theirs.__setitem__(k, o.detach()[0].clone())
+                )
+            )
+    try:
+        with torch.no_grad():
+            reference(torch.tensor([ids]))
+    finally:
+        for h in handles:
+            h.remove()
+    worst_in = max(
+        rel_err(ours[f"blocks.{lay}.mlp.hook_in"], theirs[f"{lay}.in"]) for lay in range(n_layers)
+    )
+    worst_out = max(
+        rel_err(ours[f"blocks.{lay}.hook_mlp_out"], theirs[f"{lay}.out"]) for lay in range(n_layers)
+    )
+    # SAELens' hook_mlp_in is the residual before ln2: hook_resid_mid (TransformerLens fires
+    # hook_mlp_in itself only with use_hook_mlp_in)
+    wrong = min(
+        rel_err(ours[f"blocks.{lay}.hook_resid_mid"], theirs[f"{lay}.in"])
+        for lay in range(n_layers)
+    )
+    print(
+        f"  Gemma Scope 2 hooks on the real weights, 18 layers: mlp.hook_in vs "
+        f"pre_feedforward_layernorm.output worst {worst_in:.3g}, hook_mlp_out vs "
+        f"post_feedforward_layernorm.output worst {worst_out:.3g}; SAELens' hook_mlp_in (the residual "
+        f"before the norm) differs by at least {wrong:.3g}"
+    )
+    assert worst_in < RTOL and worst_out < RTOL
+    assert wrong > 0.1
+
+
 def test_smollm2_gguf(hf_cache):
     model, *_ = _compare("SmolLM2-135M-Instruct (Llama)", _smollm2(), hf_cache)
     assert model.cfg.original_architecture == "LlamaForCausalLM" and model.cfg.n_layers == 30
@@ -109,6 +169,7 @@ def test_smollm2_gguf(hf_cache):
 def test_gemma3_270m_gguf(hf_cache):
     model, reference, tokenizer, ids, mine = _compare("Gemma 3 270M", _gemma3(), hf_cache)
     assert model.cfg.original_architecture == "Gemma3ForCausalLM" and model.cfg.n_layers == 18
+    _check_gemma_scope_2_hooks(model, reference, ids)
     del model
     # the name route: TransformerLens' own gemma-3-270m config with the GGUF model's weights
     t0 = time.perf_counter()
