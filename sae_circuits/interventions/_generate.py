@@ -18,7 +18,6 @@ import pandas as pd
 import torch
 from transformer_lens import HookedTransformer, TransformerLensKeyValueCache
 
-from sae_circuits.core.hooks import scoped_hooks
 from sae_circuits.core.prompts import Prompt, to_tokens
 from sae_circuits.interventions._hooks import (
     Recorded,
@@ -28,6 +27,7 @@ from sae_circuits.interventions._hooks import (
     step_hooks,
 )
 from sae_circuits.interventions._inputs import Interventions, parse_interventions
+from sae_circuits.replacement_model import run_to_output
 from sae_circuits.transcoders import check_compatible
 from sae_circuits.transcoders.sets import TranscoderSet
 
@@ -102,18 +102,23 @@ def _loop(
     seq = tokens.tolist()
     with torch.no_grad():
         ones = torch.ones(1, len(seq), dtype=torch.long, device=device)
-        with scoped_hooks(model, prompt_hooks):
-            logits = model(tokens[None].to(device), past_kv_cache=cache, attention_mask=ones)[0, -1]
+        # logits at the last position only, without TransformerLens' copy of the unembedding
+        out = run_to_output(
+            model, tokens[None].to(device), prompt_hooks, past_kv_cache=cache, attention_mask=ones
+        )
+        logits = out.logits[0, -1]
         first = logits.detach().cpu()
-        with scoped_hooks(model, later_hooks):
-            for step in range(max_new_tokens):
-                nxt = pick(logits)
-                seq.append(nxt)
-                if nxt == eos or step == max_new_tokens - 1:
-                    break
-                step_in = torch.tensor([[nxt]], device=device)
-                one = torch.ones(1, 1, dtype=torch.long, device=device)
-                logits = model(step_in, past_kv_cache=cache, attention_mask=one)[0, -1]
+        for step in range(max_new_tokens):
+            nxt = pick(logits)
+            seq.append(nxt)
+            if nxt == eos or step == max_new_tokens - 1:
+                break
+            step_in = torch.tensor([[nxt]], device=device)
+            one = torch.ones(1, 1, dtype=torch.long, device=device)
+            out = run_to_output(
+                model, step_in, later_hooks, past_kv_cache=cache, attention_mask=one
+            )
+            logits = out.logits[0, -1]
     return seq, first
 
 

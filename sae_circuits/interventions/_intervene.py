@@ -44,7 +44,7 @@ import torch
 from transformer_lens import HookedTransformer
 
 from sae_circuits.attribution import TargetReader
-from sae_circuits.core.hooks import HookSite, scoped_hooks
+from sae_circuits.core.hooks import HookSite
 from sae_circuits.core.prompts import Prompt, single_token_id, to_tokens
 from sae_circuits.graph import TARGET_KINDS, AttributionGraph
 from sae_circuits.interventions._generate import GenerationResult, generate
@@ -56,7 +56,7 @@ from sae_circuits.interventions._inputs import (
     parse_interventions,
     parse_targets,
 )
-from sae_circuits.replacement_model import unembed_input_site
+from sae_circuits.replacement_model import run_to_output, unembed_input_site
 from sae_circuits.transcoders import check_compatible
 from sae_circuits.transcoders.sets import TranscoderSet
 
@@ -278,8 +278,9 @@ def intervene(
         reads=reads,
     )
     device = model.W_E.device
-    with torch.no_grad(), scoped_hooks(model, hooks):
-        logits = model(tokens[None].to(device), return_type="logits")[0].detach().cpu()
+    with torch.no_grad():  # logits at every position, without TransformerLens' W_U copy
+        out = run_to_output(model, tokens[None].to(device), hooks, positions="all")
+        logits = out.logits[0].detach().cpu()
     assert record.logits_presoftcap is not None
     pre = tgt.copy()
     clean_pre = np.zeros(len(tgt), dtype=np.float64)

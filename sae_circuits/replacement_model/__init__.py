@@ -12,10 +12,11 @@ Example:
     >>> clean = clean_run(model, tokens, check_compatible(model, transcoders), freeze=True)
 """
 
-from sae_circuits.replacement_model._clean import (
-    FROZEN_SUFFIXES,
-    CleanRun,
-    clean_run,
+from sae_circuits.replacement_model._clean import FROZEN_SUFFIXES, CleanRun, clean_run
+from sae_circuits.replacement_model._output import (
+    ModelOutput,
+    run_to_output,
+    unembed,
     unembed_input_site,
     unembed_site,
 )
@@ -25,10 +26,13 @@ from sae_circuits.replacement_model._semantics import ReplacementSemantics
 __all__ = [
     "FROZEN_SUFFIXES",
     "CleanRun",
+    "ModelOutput",
     "ReplacementSemantics",
     "ReplacementState",
     "clean_run",
     "replacement",
+    "run_to_output",
+    "unembed",
     "unembed_input_site",
     "unembed_site",
 ]

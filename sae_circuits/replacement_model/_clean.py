@@ -15,11 +15,12 @@ from typing import Any
 import torch
 from transformer_lens import HookedTransformer
 
-from sae_circuits.core.hooks import HookSite, scoped_hooks
+from sae_circuits.core.hooks import HookSite
+from sae_circuits.replacement_model._output import run_to_output
 from sae_circuits.replacement_model._semantics import ReplacementSemantics
 from sae_circuits.transcoders import ResolvedTranscoders
 
-__all__ = ["FROZEN_SUFFIXES", "CleanRun", "clean_run", "unembed_input_site", "unembed_site"]
+__all__ = ["FROZEN_SUFFIXES", "CleanRun", "clean_run"]
 
 #: Hook points whose clean values the frozen model keeps: attention patterns and norm scales.
 FROZEN_SUFFIXES = ("hook_pattern", "hook_scale")
@@ -68,16 +69,6 @@ class CleanRun:
         return dense[positions.to(dense.device), features.to(dense.device)]
 
 
-def unembed_site() -> HookSite:
-    """The unembedding's output: the logits before any soft-cap."""
-    return HookSite("unembed.output", None, "unembed", "post")
-
-
-def unembed_input_site() -> HookSite:
-    """The unembedding's input: the residual stream after the final norm (what targets read)."""
-    return HookSite("unembed.input", None, "unembed", "pre")
-
-
 def clean_run(
     model: HookedTransformer,
     tokens: torch.Tensor,
@@ -112,7 +103,6 @@ def clean_run(
     x_in: list[torch.Tensor | None] = [None] * n_layers
     out: list[torch.Tensor | None] = [None] * n_layers
     frozen: dict[str, torch.Tensor] = {}
-    box: dict[str, torch.Tensor] = {}
 
     def keep(store: list, layer: int) -> Callable[[torch.Tensor], None]:
         def fn(t: torch.Tensor) -> None:
@@ -126,22 +116,20 @@ def clean_run(
 
         return fn
 
-    def unembed(t: torch.Tensor) -> None:
-        box["pre"] = t.detach()[0, -1].clone()
-
     hooks: list[tuple[HookSite | str, Any]] = []
     if freeze:
         hooks += [(n, remember(n)) for n in model.hook_dict if n.endswith(FROZEN_SUFFIXES)]
     hooks += [(site, keep(x_in, layer)) for layer, site in enumerate(resolved.inputs)]
     hooks += [(site, keep(out, layer)) for layer, site in enumerate(resolved.outputs)]
-    hooks.append((unembed_site(), unembed))
     extra: dict[str, torch.Tensor] = {}
     for site in record:
         name = site.name if isinstance(site, HookSite) else site
         hooks.append((site, lambda t, name=name: extra.__setitem__(name, t.detach())))
     device = model.W_E.device
-    with torch.no_grad(), scoped_hooks(model, hooks):
-        logits = model(tokens[None].to(device), return_type="logits")[0]
+    with torch.no_grad():
+        output = run_to_output(
+            model, tokens[None].to(device), hooks, positions="last" if last_logits_only else "all"
+        )
     missing = [layer for layer in range(n_layers) if x_in[layer] is None or out[layer] is None]
     if missing:
         raise RuntimeError(f"transcoder hooks did not fire for layers {missing}")
@@ -174,7 +162,7 @@ def clean_run(
         skip=skip,
         acts=acts,
         frozen=frozen,
-        logits=(logits[-1:] if last_logits_only else logits).detach().cpu(),
-        logits_presoftcap=box["pre"].cpu(),
+        logits=output.logits[0].detach().cpu(),
+        logits_presoftcap=output.logits_presoftcap[0, -1].detach().cpu(),
         extra=extra,
     )
