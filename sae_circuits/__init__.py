@@ -35,6 +35,7 @@ from sae_circuits.attribution import (
     attribute_attention_keys,
     head_loadings,
 )
+from sae_circuits.batch import attribute_many
 from sae_circuits.core import HookNotFoundError
 from sae_circuits.graph import (
     AttributionGraph,
@@ -117,6 +118,7 @@ __all__ = [
     "attribute_attention",
     "attribute_attention_for_edge",
     "attribute_attention_keys",
+    "attribute_many",
     "check_transcoders_match",
     "compare_with_graph",
     "generate",

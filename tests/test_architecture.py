@@ -29,6 +29,7 @@ FLOORS: dict[str, int] = {
     "attribution": 3,
     "interventions": 4,
     "viewer": 5,
+    "batch": 5,
     "demo": 6,
     "cli": 9,
     "supernodes": 7,
@@ -173,7 +174,7 @@ def test_no_private_imports_across_subpackages():
 
 
 @pytest.mark.parametrize(
-    "heavy", ["toy_training", "sae_circuits.viewer", "matplotlib", "sae_circuits.toy"]
+    "heavy", ["toy_training", "sae_circuits.viewer", "matplotlib", "sae_circuits.toy", "ray"]
 )
 def test_import_is_light(heavy):
     code = f"import sys, sae_circuits; print({heavy!r} in sys.modules)"

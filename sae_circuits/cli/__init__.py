@@ -5,6 +5,7 @@ Example:
           --model toy-facts --transcoders toy-facts -o out/dallas
     $ sae-circuits serve out/dallas               # http://127.0.0.1:8765/
     $ sae-circuits demo -o out/demo               # offline: the built-in example
+    $ sae-circuits batch prompts.txt --model toy-facts --transcoders toy-facts -o out/batch
 
 One module per subcommand (``_attribute``, ``_serve``, ``_demo``), each adding its parser with
 ``add_parser(sub)``; what they share lives in ``_common`` (errors, argument types, the server's
@@ -28,7 +29,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from sae_circuits.cli import _attribute, _demo, _serve
+from sae_circuits.cli import _attribute, _batch, _demo, _serve
 from sae_circuits.cli._attribute import read_direction, top_qk_heads
 from sae_circuits.cli._common import CLIError, Formatter
 from sae_circuits.cli._loading import load_model_by_name, load_transcoders_by_name
@@ -44,7 +45,7 @@ __all__ = [
 ]
 
 #: The subcommands, in the order ``--help`` lists them.
-_COMMANDS = (_attribute, _serve, _demo)
+_COMMANDS = (_attribute, _serve, _demo, _batch)
 
 
 def build_parser() -> argparse.ArgumentParser:
