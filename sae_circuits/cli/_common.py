@@ -8,6 +8,7 @@ import math
 import webbrowser
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 DEFAULT_PORT = 8765
 
@@ -108,11 +109,27 @@ def add_server_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--open", action="store_true", help="open the page in a web browser")
 
 
-def serve_folder(folder: Path, host: str, port: int, allow_remote: bool, open_browser: bool) -> int:
+def serve_folder(
+    folder: Path,
+    host: str,
+    port: int,
+    allow_remote: bool,
+    open_browser: bool,
+    *,
+    compare: Path | None = None,
+    steerer: Any = None,
+) -> int:
     from sae_circuits.viewer import GraphFolderError, RemoteBindError, make_server
 
     try:
-        server = make_server(folder, host=host, port=port, allow_remote=allow_remote)
+        server = make_server(
+            folder,
+            host=host,
+            port=port,
+            allow_remote=allow_remote,
+            compare=compare,
+            steerer=steerer,
+        )
     except RemoteBindError as e:
         raise CLIError(str(e)) from e
     except (FileNotFoundError, GraphFolderError) as e:
@@ -120,7 +137,8 @@ def serve_folder(folder: Path, host: str, port: int, allow_remote: bool, open_br
     except OSError as e:
         raise CLIError(f"cannot listen on {host}:{port}: {e.strerror or e}", code=1) from e
     url = server.url
-    print(f"serving {server.folder} at {url}  (Ctrl-C to stop)")
+    what = f"{server.folder} vs {compare}" if compare is not None else f"{server.folder}"
+    print(f"serving {what} at {url}  (Ctrl-C to stop)")
     if open_browser:
         webbrowser.open(url)
     try:

@@ -1060,6 +1060,19 @@ class GraphSource:
 
         return self._cached(("pruned", *self._stamp(graph_path), *heads_stamp, nt, et), make)
 
+    def prompt(self) -> list[int] | str | None:
+        """The graph's prompt, for steering: its token ids (``pruned.zip``, else ``graph.zip``),
+        else the text of ``graph.json``'s ``metadata.prompt``, else ``None``."""
+        with self._lock:
+            for name in (PRUNED_FILE, GRAPH_FILE):
+                path = self._file(name)
+                if path is not None:
+                    tokens = self._load_graph(path).metadata.get("tokens")
+                    if isinstance(tokens, list) and tokens:
+                        return [int(t) for t in tokens]
+            text = (self._base().get("metadata") or {}).get("prompt")
+        return text if isinstance(text, str) and text else None
+
     def document_bytes(
         self, node_threshold: float | None = None, edge_threshold: float | None = None
     ) -> bytes:

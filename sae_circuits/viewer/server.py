@@ -8,7 +8,10 @@ parameters but ``/api/graph``'s two, each at most once: anything else is ``400``
 ``GET /<file>.js`` / ``.css``          the page's static files (a fixed list, read at start-up)
 ``GET /api/graph``                     the graph document (``?node_threshold=&edge_threshold=``
                                        re-prunes the full graph, see
-                                       :class:`~sae_circuits.viewer.document.GraphSource`)
+                                       :class:`~sae_circuits.viewer.document.GraphSource`); with
+                                       a second folder (``compare=``) the difference document of
+                                       both at the same thresholds
+                                       (:func:`~sae_circuits.viewer.compare.compare_documents`)
 ``GET /api/annotations``               labels, supernodes, pins
 ``GET /api/attention``                 the folder's QK attributions (``attention.json``, checked;
                                        ``{"records": []}`` without it, ``409`` when it cannot be
@@ -16,6 +19,12 @@ parameters but ``/api/graph``'s two, each at most once: anything else is ``400``
                                        <sae_circuits.viewer.document.GraphSource.attention>`
 ``POST /api/annotations``              a JSON patch (``application/json``, at most
                                        ``max_body_bytes``); answers the merged document
+``GET /api/steer``                     whether steering is on (a model was given), why not, and
+                                       its limits (:mod:`sae_circuits.viewer.steering`)
+``POST /api/steer``                    a steering request (JSON, checked, one at a time, within
+                                       a time limit): top logits before / after, continuations
+                                       (``409`` without a model, ``429`` while another runs,
+                                       ``504`` past the time limit)
 ``GET /files/<name>``                  a file of the served folder (e.g. ``graph.json`` to upload
                                        to Neuronpedia)
 =====================================  ===========================================================
@@ -47,7 +56,7 @@ import urllib.parse
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sae_circuits.graph import GraphFileError
 from sae_circuits.viewer.annotations import (
@@ -57,6 +66,7 @@ from sae_circuits.viewer.annotations import (
     AnnotationLimits,
     AnnotationStore,
 )
+from sae_circuits.viewer.compare import compare_documents
 from sae_circuits.viewer.document import GraphFolderError, GraphSource
 from sae_circuits.viewer.security import (
     check_bind_host,
@@ -64,6 +74,9 @@ from sae_circuits.viewer.security import (
     is_loopback,
     resolve_inside,
 )
+
+if TYPE_CHECKING:
+    from sae_circuits.viewer.steering import Steerer
 
 __all__ = ["STATIC_DIR", "ViewerServer", "make_server"]
 
@@ -85,6 +98,10 @@ _CSP = (
     "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
 DEFAULT_MAX_BODY = 1_000_000
+_NO_MODEL = (
+    "steering needs a model: serve the folder with --model M --transcoders T "
+    "(sae-circuits serve FOLDER --model M --transcoders T)"
+)
 
 
 def _static_files() -> dict[str, Path]:
@@ -112,6 +129,10 @@ class ViewerServer(ThreadingHTTPServer):
         allow_remote: Allow binding an address other machines can reach.
         max_body_bytes: Largest accepted request body.
         limits: Annotation size limits.
+        compare: A second graph folder: the page shows the difference of ``folder`` (``a``) and
+            it (``b``).
+        steerer: A :class:`~sae_circuits.viewer.steering.Steerer` for the graph's prompt (a
+            model and transcoders): enables ``/api/steer``.
 
     Raises:
         RemoteBindError: A non-loopback ``host`` without ``allow_remote``.
@@ -132,9 +153,13 @@ class ViewerServer(ThreadingHTTPServer):
         allow_remote: bool = False,
         max_body_bytes: int = DEFAULT_MAX_BODY,
         limits: AnnotationLimits | None = None,
+        compare: str | Path | None = None,
+        steerer: Steerer | None = None,
     ) -> None:
         check_bind_host(host, allow_remote=allow_remote)
         self.source = GraphSource(folder)
+        self.compare = GraphSource(compare) if compare is not None else None
+        self.steerer = steerer
         self.folder = self.source.folder
         self.annotations = AnnotationStore(self.folder, limits or DEFAULT_LIMITS)
         self.static = _static_files()
@@ -341,6 +366,15 @@ class ViewerHandler(BaseHTTPRequestHandler):
                 self._json(HTTPStatus.OK, self.server.annotations.read())
             except AnnotationFileError as e:
                 raise _HTTPError(HTTPStatus.INTERNAL_SERVER_ERROR, str(e)) from e
+        elif path == "/api/steer":
+            _parse_query(query, ())
+            steerer = self.server.steerer
+            self._json(
+                HTTPStatus.OK,
+                steerer.describe()
+                if steerer is not None
+                else {"enabled": False, "reason": _NO_MODEL, "limits": None},
+            )
         elif path.startswith("/files/"):
             _parse_query(query, ())
             self._file(path[len("/files/") :])
@@ -361,6 +395,11 @@ class ViewerHandler(BaseHTTPRequestHandler):
                 )
             values[name] = float(raw)
         try:
+            if self.server.compare is not None:
+                a = self.server.source.document(**values)
+                b = self.server.compare.document(**values)
+                self._json(HTTPStatus.OK, compare_documents(a, b))
+                return
             body = self.server.source.document_bytes(**values)
         except (TypeError, ValueError) as e:
             # (a broken file of the folder is a conflict with its state, not a bad request)
@@ -396,7 +435,7 @@ class ViewerHandler(BaseHTTPRequestHandler):
         )
 
     def _post(self, path: str, query: str) -> None:
-        if path != "/api/annotations":
+        if path not in ("/api/annotations", "/api/steer"):
             raise _HTTPError(HTTPStatus.NOT_FOUND, f"no such endpoint: {path[:200]}")
         _parse_query(query, ())
         origin = self.headers.get("Origin")
@@ -418,6 +457,9 @@ class ViewerHandler(BaseHTTPRequestHandler):
             raise _HTTPError(
                 HTTPStatus.BAD_REQUEST, f"the body is not valid JSON: {message}"
             ) from None
+        if path == "/api/steer":
+            self._steer(patch)
+            return
         try:
             merged = self.server.annotations.update(patch)
         except AnnotationError as e:
@@ -425,6 +467,26 @@ class ViewerHandler(BaseHTTPRequestHandler):
         except AnnotationFileError as e:
             raise _HTTPError(HTTPStatus.CONFLICT, str(e)) from e
         self._json(HTTPStatus.OK, merged)
+
+    def _steer(self, request: Any) -> None:
+        from sae_circuits.viewer.steering import (
+            SteeringBusyError,
+            SteeringError,
+            SteeringTimeoutError,
+        )
+
+        steerer = self.server.steerer
+        if steerer is None:
+            raise _HTTPError(HTTPStatus.CONFLICT, _NO_MODEL)
+        try:
+            result = steerer.run(request)
+        except SteeringError as e:
+            raise _HTTPError(HTTPStatus.BAD_REQUEST, str(e)) from e
+        except SteeringBusyError as e:
+            raise _HTTPError(HTTPStatus.TOO_MANY_REQUESTS, str(e)) from e
+        except SteeringTimeoutError as e:
+            raise _HTTPError(HTTPStatus.GATEWAY_TIMEOUT, str(e)) from e
+        self._json(HTTPStatus.OK, result)
 
     def _read_body(self) -> bytes:
         if self.headers.get("Transfer-Encoding"):

@@ -63,3 +63,17 @@ export function saveAnnotations(patch) {
     body: JSON.stringify(patch),
   });
 }
+
+/** Whether the server can steer (it was given a model): {enabled, reason, limits}. */
+export function steeringStatus() {
+  return request("api/steer");
+}
+
+/** Run a steering request: {features: [{node_id, value | scale}], freeze_attention, max_new_tokens}. */
+export function steer(request_) {
+  return request("api/steer", {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify(request_),
+  });
+}

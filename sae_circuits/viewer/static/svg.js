@@ -114,20 +114,21 @@ export function edgeAttrs(a, b, w, maxAbs) {
 
 /** Draw one node (shape, ring per supernode, pin mark, label) into a new <g data-node>. */
 export function drawNode(parent, node, p, opts) {
-  const { width, label, rings = [], pinned = false, classes = [] } = opts;
+  const { width, label, rings = [], pinned = false, classes = [], maxChars = null } = opts;
+  const fits = (text, max) => truncate(text, maxChars === null ? max : Math.min(max, maxChars));
   const g = svgEl("g", { class: ["node", node.kind, ...classes].join(" "), "data-node": node.id, transform: `translate(${p.x.toFixed(1)},${p.y.toFixed(1)})` }, parent);
   if (node.kind === "token" || node.kind === "logit") {
     const h = node.kind === "logit" ? 30 : 20;
     rings.forEach((color, i) => svgEl("rect", { class: "ring", x: -width / 2 - 3 - 3 * i, y: -h / 2 - 3 - 3 * i, width: width + 6 + 6 * i, height: h + 6 + 6 * i, rx: 6, stroke: color }, g));
     svgEl("rect", { class: "shape", x: -width / 2, y: -h / 2, width, height: h, rx: 4 }, g);
-    svgText(truncate(node.token ?? "?", 24), { "text-anchor": "middle", y: node.kind === "logit" ? -2 : 4 }, g);
+    svgText(maxChars === null ? truncate(node.token ?? "?", 24) : truncate(node.token ?? "?", Math.max(2, Math.floor((width - 6) / 6.5))), { "text-anchor": "middle", y: node.kind === "logit" ? -2 : 4 }, g);
     if (node.kind === "logit") svgText(node.target ? "target" : `p=${(node.probability ?? 0).toFixed(3)}`, { "text-anchor": "middle", y: 11, class: "node-label" }, g);
-    if (label && node.kind === "token") svgText(truncate(label, 16), { "text-anchor": "middle", y: -15, class: "node-label" }, g);
+    if (label && node.kind === "token") svgText(fits(label, 16), { "text-anchor": "middle", y: -15, class: "node-label" }, g);
   } else {
     rings.forEach((color, i) => svgEl("circle", { class: "ring", r: 9 + 3 * i, stroke: color }, g));
     if (node.kind === "error") svgEl("rect", { class: "shape", x: -5, y: -5, width: 10, height: 10 }, g);
     else svgEl("circle", { class: "shape", r: 6.5 }, g);
-    if (label) svgText(truncate(label, 16), { "text-anchor": "middle", y: 19, class: "node-label" }, g);
+    if (label) svgText(fits(label, 16), { "text-anchor": "middle", y: 19, class: "node-label" }, g);
   }
   if (pinned) svgEl("circle", { class: "pin", cx: node.kind === "token" || node.kind === "logit" ? width / 2 : 7, cy: -8, r: 2.5 }, g);
   return g;

@@ -2,11 +2,15 @@
 // re-renders on every change. Annotations are saved as patches (only what changed), which the
 // server merges, so two tabs editing at once do not overwrite each other.
 
-import { fetchAnnotations, fetchAttention, fetchGraph, saveAnnotations } from "./api.js";
+import { fetchAnnotations, fetchAttention, fetchGraph, saveAnnotations, steeringStatus } from "./api.js";
+import { applyCompare, compareSummary } from "./compare.js";
 import { drawGraph, revealNode } from "./graph_view.js";
 import { buildAttention, buildModel, fmt } from "./model.js";
 import { renderDetails, renderQK, renderSelection, renderSupernodes } from "./panels.js";
 import { drawSubgraph } from "./subgraph.js";
+import { renderConnections } from "./connections.js";
+import { wireNavigation } from "./navigation.js";
+import { renderSteering, setSteeringStatus, wireSteering } from "./steer.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -62,6 +66,10 @@ function render() {
   renderHeader();
   drawGraph($("graph-svg"), model, state, actions);
   renderDetails(model, state, actions);
+  renderConnections(model, state, actions);
+  renderSteering(model, state, render);
+  $("compare-info").hidden = !model.compare;
+  $("compare-info").textContent = model.compare ? compareSummary(model.compare) : "";
   renderQK(model, state, actions);
   renderSelection(model, state);
   renderSupernodes(model, state, actions);
@@ -159,7 +167,8 @@ function wireControls() {
     const edge = Number($("edge-threshold").value);
     setStatus("Pruning…");
     try {
-      state.model = buildModel(await fetchGraph({ node, edge }));
+      const doc = await fetchGraph({ node, edge });
+      state.model = applyCompare(buildModel(doc), doc);
       setStatus(`Pruned at ${node} / ${edge}`);
       render();
     } catch (err) {
@@ -178,9 +187,11 @@ function wireControls() {
 
 async function init() {
   wireControls();
+  wireNavigation(state);
+  wireSteering(state, render);
   try {
     const [doc, annotations] = await Promise.all([fetchGraph(null), fetchAnnotations()]);
-    state.model = buildModel(doc);
+    state.model = applyCompare(buildModel(doc), doc);
     state.annotations = annotations;
   } catch (err) {
     fatal(`Cannot load the graph: ${err.message}`);
@@ -193,6 +204,11 @@ async function init() {
     } catch (err) {
       setStatus(`QK attributions not loaded: ${err.message}`, true);
     }
+  }
+  try {
+    setSteeringStatus(state, await steeringStatus());
+  } catch (err) {
+    setSteeringStatus(state, { enabled: false, reason: `the server did not say (${err.message})`, limits: null });
   }
   render();
   document.body.dataset.ready = "1";
