@@ -189,7 +189,7 @@ class RayExecutor:
         ray = self.ray
         if not self._actors:
             raise RuntimeError("the executor is not started (call start(spec) first)")
-        from ray.exceptions import RayError, RayTaskError
+        from ray.exceptions import RayError, RayTaskError  # pyright: ignore[reportMissingImports]
 
         queue: deque[Task] = deque(tasks)
         attempts: dict[str, int] = {}
@@ -261,7 +261,7 @@ def _failed(task: Task, error: str) -> dict[str, Any]:
 
 def _import_ray() -> Any:
     try:
-        import ray
+        import ray  # pyright: ignore[reportMissingImports]
     except ImportError as e:
         raise ImportError(
             "running on Ray needs the ray package: pip install 'sae-circuits[ray]' (or leave "
