@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import torch
@@ -144,10 +145,16 @@ class Trace:
         """Encoder directions ``(k, d_in)`` of the active features ``rows``."""
         return self.encoders[rows.to(self.encoders.device)]
 
+    @cached_property
+    def _unembed_mean(self) -> torch.Tensor:
+        """``(d_model, 1)`` the mean unembedding column (one pass over ``W_U``, kept: a logit
+        target in a loop would otherwise read the whole vocabulary each time)."""
+        return self._unembed.mean(dim=1, keepdim=True)
+
     def logit_vectors(self, token_ids: torch.Tensor) -> torch.Tensor:
         """Demeaned unembedding columns ``(k, d_model)`` of ``token_ids``."""
         w = self._unembed
-        return (w[:, token_ids.to(w.device)] - w.mean(dim=1, keepdim=True)).T
+        return (w[:, token_ids.to(w.device)] - self._unembed_mean).T
 
     def rows(
         self,

@@ -3,7 +3,8 @@
 // same position, later positions), each split by kind (feature, error, token / logit), with the
 // count and the summed weight of each group and its strongest links.
 
-import { describe, signed } from "./model.js";
+import { signed } from "./model.js";
+import { linkItem } from "./panels.js";
 
 const PER_GROUP = 5;
 const KINDS = ["feature", "error", "token", "logit"];
@@ -50,20 +51,7 @@ function side(title, node, links, otherEnd, laterName, actions) {
     const total = g.links.reduce((s, l) => s + l.weight, 0);
     kind.textContent = `${g.links.length} ${KIND_NAMES[g.kind] || g.kind}, sum ${signed(total)}`;
     const ol = document.createElement("ol");
-    for (const link of g.links.slice(0, PER_GROUP)) {
-      const other = otherEnd(link);
-      const li = document.createElement("li");
-      const button = document.createElement("button");
-      button.type = "button";
-      button.textContent = describe(other) + (other.clerp ? ` ${other.clerp}` : "");
-      button.dataset.goto = other.id;
-      button.addEventListener("click", () => actions.select(other.id, true));
-      const w = document.createElement("span");
-      w.className = `w ${link.weight >= 0 ? "pos" : "neg"}`;
-      w.textContent = signed(link.weight);
-      li.append(button, w);
-      ol.append(li);
-    }
+    for (const link of g.links.slice(0, PER_GROUP)) ol.append(linkItem(link, otherEnd, actions));
     group.append(kind, ol);
   }
   return div;

@@ -4,7 +4,7 @@
 // influential first, so a crowded cell grows upwards inside its row instead of widening the
 // whole graph; every node has its own slot, so no two nodes ever overlap.
 
-import { MARGIN } from "./svg.js";
+import { cellsOf, MARGIN } from "./svg.js";
 
 const GAP = 4;
 export const LINE_HEIGHT = 32; // one line of nodes in a cell (a feature and its label)
@@ -43,12 +43,7 @@ export function fittedLayout(items, nRows, nCols, pane) {
  * @returns {pos: Map(id -> {x, y}), width, height, colStart, colWidth, rowY, rowTop, rowHeight}
  */
 export function compactLayout(items, nRows, nCols, stack = 1) {
-  const cells = new Map();
-  for (const item of items) {
-    const key = `${item.row}:${item.col}`;
-    if (!cells.has(key)) cells.set(key, []);
-    cells.get(key).push(item);
-  }
+  const cells = cellsOf(items);
   const colWidth = new Array(nCols).fill(MIN_COLUMN);
   const rowLines = new Array(nRows).fill(1);
   const shape = new Map(); // cell key -> {lines: [[item, ...]], lineWidth: [w]}

@@ -57,20 +57,26 @@ function edgeList(ol, links, otherEnd, state, actions) {
     ol.append(li);
   }
   for (const link of top) {
-    const other = otherEnd(link);
-    const li = document.createElement("li");
-    const button = document.createElement("button");
-    button.type = "button";
-    button.textContent = describe(other) + (other.clerp ? ` ${other.clerp}` : "");
-    button.dataset.goto = other.id;
-    button.addEventListener("click", () => actions.select(other.id, true));
-    const w = document.createElement("span");
-    w.className = `w ${link.weight >= 0 ? "pos" : "neg"}`;
-    w.textContent = signed(link.weight);
-    li.append(button, w);
+    const li = linkItem(link, otherEnd, actions);
     if (link.heads) li.append(headLine(link, state, actions));
     ol.append(li);
   }
+}
+
+/** One link of a list: its other end (a button that selects it) and its signed weight. */
+export function linkItem(link, otherEnd, actions) {
+  const other = otherEnd(link);
+  const li = document.createElement("li");
+  const button = document.createElement("button");
+  button.type = "button";
+  button.textContent = describe(other) + (other.clerp ? ` ${other.clerp}` : "");
+  button.dataset.goto = other.id;
+  button.addEventListener("click", () => actions.select(other.id, true));
+  const w = document.createElement("span");
+  w.className = `w ${link.weight >= 0 ? "pos" : "neg"}`;
+  w.textContent = signed(link.weight);
+  li.append(button, w);
+  return li;
 }
 
 /** Fill the details panel for the selected node (or show the empty hint). */

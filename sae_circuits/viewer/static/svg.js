@@ -38,6 +38,17 @@ export function truncate(text, max) {
   return text.length > max ? `${text.slice(0, max - 1)}…` : text;
 }
 
+/** Items grouped by grid cell: Map("row:col" -> [item, ...]), in the items' order. */
+export function cellsOf(items) {
+  const cells = new Map();
+  for (const item of items) {
+    const key = `${item.row}:${item.col}`;
+    if (!cells.has(key)) cells.set(key, []);
+    cells.get(key).push(item);
+  }
+  return cells;
+}
+
 /**
  * Lay out items on the grid.
  * @param items [{id, row, col, width, order}] (order: larger first within a cell)
@@ -45,12 +56,7 @@ export function truncate(text, max) {
  * @returns {pos: Map(id -> {x, y}), width, height, colStart: [x], colWidth: [w], rowY: [y]}
  */
 export function gridLayout(items, nRows, nCols) {
-  const cells = new Map();
-  for (const item of items) {
-    const key = `${item.row}:${item.col}`;
-    if (!cells.has(key)) cells.set(key, []);
-    cells.get(key).push(item);
-  }
+  const cells = cellsOf(items);
   const colWidth = new Array(nCols).fill(MIN_COLUMN);
   for (const list of cells.values()) {
     list.sort((a, b) => (b.order ?? 0) - (a.order ?? 0) || (a.id < b.id ? -1 : 1));
