@@ -466,3 +466,43 @@ def test_non_finite_adjacency_is_refused():
     a.data[0] = np.nan
     with pytest.raises(ValueError, match="non-finite"):
         dataclasses.replace(graph, adjacency=a).scores()
+
+
+def test_graph_pruner_equals_prune_at_every_threshold():
+    from sae_circuits.graph import GraphPruner
+    from sae_circuits.toy import synthetic_graph
+
+    graph = synthetic_graph(n_features=600, n_edges=30_000, n_positions=12, seed=3)
+    pruner = GraphPruner(graph)
+    for nt, et in [(0.8, 0.98), (0.5, 0.9), (1.0, 1.0), (0.8, 0.98)]:
+        want, got = graph.prune(nt, et), pruner.prune(nt, et)
+        assert (want.adjacency != got.adjacency).nnz == 0
+        pd.testing.assert_frame_equal(want.nodes, got.nodes)
+        assert want.metadata == got.metadata
+    with pytest.raises(ValueError, match="node_threshold"):
+        pruner.prune(1.5, 0.9)
+
+
+def test_synthetic_graph_has_the_shape_of_an_attribution_graph():
+    from sae_circuits.toy import synthetic_graph
+
+    graph = synthetic_graph(n_features=500, n_edges=20_000, n_layers=3, n_positions=10, seed=1)
+    assert graph.n_nodes == 500 + 4 * 10 + 5 and graph.adjacency.nnz == 20_000
+    nodes = graph.nodes
+    kind = nodes["kind"].astype(str).to_numpy()
+    level = np.where(
+        kind == "token", 0, np.where(kind == "logit", 4, nodes["layer"].fillna(-1).to_numpy() + 1)
+    )
+    pos = nodes["position"].to_numpy(dtype=np.int64)
+    a = graph.adjacency.tocoo()
+    assert (level[a.col] < level[a.row]).all()  # sources below their targets
+    assert (pos[a.col] <= pos[a.row]).all()  # and never at a later position
+    feats = nodes[kind == "feature"]
+    keys = list(zip(feats["layer"], feats["position"], feats["feature"], strict=True))
+    assert keys == sorted(set(keys))  # distinct, in layout order
+    assert graph.logits["probability"].sum() == pytest.approx(1.0, rel=1e-5)
+    assert len(graph.prune().nodes) < graph.n_nodes
+    with pytest.raises(ValueError, match="n_edges=0"):
+        synthetic_graph(n_edges=0)
+    with pytest.raises(ValueError, match="do not fit"):
+        synthetic_graph(n_features=100, n_layers=1, n_positions=2, d_sae=8)

@@ -33,6 +33,7 @@ from sae_circuits.graph._layout import (
     parse_node_id,
 )
 from sae_circuits.graph._pruning import (
+    GraphPruner,
     GraphScores,
     PruneResult,
     check_threshold,
@@ -53,6 +54,7 @@ __all__ = [
     "TARGET_KINDS",
     "AttributionGraph",
     "GraphFileError",
+    "GraphPruner",
     "GraphScores",
     "NodeId",
     "NodeKind",

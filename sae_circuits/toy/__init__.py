@@ -1,10 +1,12 @@
 """Offline toy models, transcoders and tokenizers (tests, examples, the built-in demo).
 
-``tiny_model`` / ``tiny_transcoders``: random models for tests. ``load_toy_model`` /
+``tiny_model`` / ``tiny_transcoders``: random models for tests. ``synthetic_graph``: random graphs of any
+size shaped like attribution graphs (benchmarks, layouts). ``load_toy_model`` /
 ``load_toy_transcoders``: the shipped "toy-facts" model, trained on a synthetic world of cities
 and states, with trained per-layer and cross-layer transcoders (see ``docs/toy_model.md``).
 """
 
+from sae_circuits.toy._synthetic import synthetic_graph
 from sae_circuits.toy.facts import (
     load_toy_feature_info,
     load_toy_labels,
@@ -26,6 +28,7 @@ __all__ = [
     "load_toy_model",
     "load_toy_transcoders",
     "load_toy_world",
+    "synthetic_graph",
     "tiny_clt",
     "tiny_model",
     "tiny_transcoders",

@@ -89,7 +89,7 @@ from sae_circuits.viewer.security import resolve_inside
 
 if TYPE_CHECKING:
     from sae_circuits.attribution import QKAttribution
-    from sae_circuits.graph import AttributionGraph, GraphScores
+    from sae_circuits.graph import AttributionGraph, GraphPruner, GraphScores
 
 __all__ = [
     "ATTENTION_FILE",
@@ -892,6 +892,14 @@ class GraphSource:
 
         return self._cached(("graph", *self._stamp(path)), lambda: AttributionGraph.load(path))
 
+    def _pruner(self, path: Path) -> GraphPruner:
+        """A pruner of the full graph (its node influence computed once for all thresholds)."""
+        from sae_circuits.graph import GraphPruner
+
+        return self._cached(
+            ("pruner", *self._stamp(path)), lambda: GraphPruner(self._load_graph(path))
+        )
+
     def _heads(self) -> tuple[tuple[Any, ...], _LinkHeads | None]:
         """(cache stamp, link heads) of ``head_loadings.csv``; a file that cannot be read is
         logged and left out (the graph is shown without heads)."""
@@ -976,7 +984,7 @@ class GraphSource:
             raise GraphFolderError(f"{self.folder} no longer holds a graph")
         return self._cached(
             ("built", *self._stamp(graph_path), *heads_stamp, *DEFAULT_THRESHOLDS),
-            lambda: self._build(self._load_graph(graph_path).prune(*DEFAULT_THRESHOLDS), heads),
+            lambda: self._build(self._pruner(graph_path).prune(*DEFAULT_THRESHOLDS), heads),
         )
 
     def document(
@@ -1049,8 +1057,7 @@ class GraphSource:
         heads_stamp, heads = self._heads()
 
         def make() -> dict[str, Any]:
-            graph = self._load_graph(graph_path)
-            pruned = graph.prune(nt, et)
+            pruned = self._pruner(graph_path).prune(nt, et)
             raw_scan = meta.get("scan")
             scan = raw_scan if isinstance(raw_scan, str) else None
             doc = self._build(pruned, heads, slug=slug, scan=scan, labels=labels)

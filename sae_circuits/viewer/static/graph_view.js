@@ -64,7 +64,9 @@ export function drawGraph(svg, model, state, actions) {
   const slot = Math.max(22, Math.min(100, (Math.max(600, pane.width) - MARGIN.left) / nCols - 8));
   const capped = new Set();
   for (const it of items) {
-    const cap = it.kind === "feature" || it.kind === "error" ? slot : Math.max(36, slot);
+    // (tokens too: on a long prompt a token shows its first letters, the tooltip the rest;
+    // logits share one column, so they keep room for their probability)
+    const cap = it.kind === "logit" ? Math.max(36, slot) : slot;
     if (it.width > cap) {
       it.width = cap;
       capped.add(it.id);

@@ -39,6 +39,7 @@ export function drawSubgraph(svg, model, state, actions) {
   svg.replaceChildren();
   const { items, itemOfNode } = subgraphItems(model, state.annotations);
   document.getElementById("subgraph-empty").hidden = items.length > 0;
+  document.body.classList.toggle("no-subgraph", !items.length); // (the pane folds to its hint)
   if (!items.length) {
     svg.setAttribute("width", "0");
     svg.setAttribute("height", "0");

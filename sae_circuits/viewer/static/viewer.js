@@ -64,6 +64,8 @@ function render() {
   if (!model) return;
   if (state.selectedId && !model.byId.has(state.selectedId)) state.selectedId = null;
   renderHeader();
+  // the subgraph first: an empty one folds away and gives the main graph its room
+  drawSubgraph($("subgraph-svg"), model, state, actions);
   drawGraph($("graph-svg"), model, state, actions);
   renderDetails(model, state, actions);
   renderConnections(model, state, actions);
@@ -73,7 +75,6 @@ function render() {
   renderQK(model, state, actions);
   renderSelection(model, state);
   renderSupernodes(model, state, actions);
-  drawSubgraph($("subgraph-svg"), model, state, actions);
   document.body.dataset.revision = String(state.annotations.revision);
 }
 

@@ -1,7 +1,8 @@
 // Zoom, pan, fit and fullscreen of the main graph. The graph is drawn into one <g> (the
 // viewport) of an <svg> that fills its pane; its transform (translate, then scale) is kept here,
 // per svg, so that a re-render (a click, a label) keeps the view and only a graph of another
-// size is fitted again. Wheel: zoom around the cursor; drag on the background: pan; the
+// size is fitted again (and a fitted view is refitted when the pane changes size). Wheel: zoom
+// around the cursor; drag on the background: pan; the
 // buttons: zoom in / out, fit, fullscreen.
 
 const MIN_SCALE = 0.05;
@@ -9,10 +10,10 @@ const MAX_SCALE = 8;
 const FIT_MAX = 1.5; // fitting never blows a small graph up more than this
 const PAD = 8;
 
-const views = new WeakMap(); // svg -> {k, x, y, size, g}
+const views = new WeakMap(); // svg -> {k, x, y, size, g, fitted}
 
 function view(svg) {
-  if (!views.has(svg)) views.set(svg, { k: 1, x: 0, y: 0, size: null, g: null });
+  if (!views.has(svg)) views.set(svg, { k: 1, x: 0, y: 0, size: null, g: null, fitted: false });
   return views.get(svg);
 }
 
@@ -42,6 +43,7 @@ export function fit(svg) {
   v.k = k;
   v.x = (w - k * v.size.width) / 2;
   v.y = top + PAD + (h - top - 2 * PAD - k * v.size.height) / 2;
+  v.fitted = true; // (a pane that changes size refits a fitted view, see enableZoom)
   apply(svg);
 }
 
@@ -62,6 +64,7 @@ export function zoomBy(svg, factor, px = null, py = null) {
   v.x = cx - ((cx - v.x) * k) / v.k;
   v.y = cy - ((cy - v.y) * k) / v.k;
   v.k = k;
+  v.fitted = false;
   apply(svg);
 }
 
@@ -74,6 +77,7 @@ export function panTo(svg, x, y) {
   if (sx >= 20 && sx <= w - 20 && sy >= 20 && sy <= h - 20) return;
   v.x = w / 2 - v.k * x;
   v.y = h / 2 - v.k * y;
+  v.fitted = false;
   apply(svg);
 }
 
@@ -116,6 +120,7 @@ export function enableZoom(svg) {
     const v = view(svg);
     v.x = drag.vx + event.clientX - drag.x;
     v.y = drag.vy + event.clientY - drag.y;
+    v.fitted = false;
     apply(svg);
   });
   const end = (event) => {
@@ -125,6 +130,11 @@ export function enableZoom(svg) {
   };
   svg.addEventListener("pointerup", end);
   svg.addEventListener("pointercancel", end);
+  // the pane grows or shrinks (window, fullscreen, the subgraph pane folding): a view that was
+  // fitted stays fitted; one the user zoomed or panned is left alone
+  new ResizeObserver(() => {
+    if (view(svg).fitted) fit(svg);
+  }).observe(svg);
 }
 
 /** Toggle fullscreen of `pane` (the browser's, or a fixed full-window pane where refused). */
