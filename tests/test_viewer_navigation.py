@@ -309,3 +309,44 @@ def test_two_graphs_compared(chromium: Any, small_folder: Path, tmp_path: Path):
         )
         assert {"cmp-a", "cmp-b", "cmp-both"} <= set(classes)
         assert viewer.errors == []
+
+
+def test_a_graph_of_many_links_draws_the_strongest_and_a_hovered_nodes_own(
+    chromium: Any, tmp_path: Path
+):
+    graph = synthetic_graph(n_features=900, n_edges=40_000, n_positions=16, seed=2)
+    pruned = graph.prune(1.0, 1.0)  # everything: more links than are drawn
+    folder = tmp_path / "many"
+    write_graph_folder(folder, None, pruned, slug="many")
+    doc = json.loads((folder / "graph.json").read_text())
+    n_drawn = 12000  # MAX_DRAWN_LINKS in graph_view.js
+    assert len(doc["links"]) > n_drawn
+    for viewer in _open(chromium, folder, (1600, 1000)):
+        page = viewer.page
+        drawn = page.locator("#graph-svg .edges:not(.hover-edges) path").evaluate_all(
+            "els => els.map(e => e.dataset.source + '>' + e.dataset.target)"
+        )
+        strongest = sorted(doc["links"], key=lambda x: -abs(x["weight"]))[:n_drawn]
+        assert len(drawn) == n_drawn
+        weakest_drawn = abs(strongest[-1]["weight"])
+        assert {
+            f"{x['source']}>{x['target']}" for x in strongest if abs(x["weight"]) > weakest_drawn
+        } <= set(drawn)
+        assert f"{n_drawn} strongest edges drawn" in page.text_content("#stats")
+        # a node with links that are not drawn: hovering it draws all of them, leaving clears
+        shown = set(drawn)
+        counts: dict[str, int] = {}
+        for x in doc["links"]:
+            if f"{x['source']}>{x['target']}" not in shown:
+                counts[x["target"]] = counts.get(x["target"], 0) + 1
+        nid = max(counts, key=lambda k: counts[k])
+        viewer.node(nid).hover()
+        extra = page.locator("#graph-svg .hover-edges path.hl").count()
+        assert extra == counts[nid] + sum(
+            1
+            for x in doc["links"]
+            if x["source"] == nid and f"{x['source']}>{x['target']}" not in shown
+        )
+        page.mouse.move(1, 1)
+        assert page.locator("#graph-svg .hover-edges path").count() == 0
+        assert viewer.errors == []

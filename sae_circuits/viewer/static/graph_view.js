@@ -13,6 +13,9 @@ import { attach, enableZoom, panTo } from "./zoom.js";
 
 const tooltip = () => document.getElementById("tooltip");
 
+/** Most links drawn at once (the strongest); hovering a node draws the rest of its own. */
+export const MAX_DRAWN_LINKS = 12000;
+
 function tooltipText(node, label) {
   const lines = [describe(node)];
   if (label) lines.push(label);
@@ -97,19 +100,24 @@ export function drawGraph(svg, model, state, actions) {
     svgText(String(c), { class: "axis", x, y: layout.height - 8, "text-anchor": "middle" }, axes);
   }
 
-  // edges, weakest first so the strongest are drawn on top
+  // edges, weakest first so the strongest are drawn on top; a graph of more links than an SVG
+  // draws quickly (or a reader can follow) shows its strongest MAX_DRAWN_LINKS, and hovering a
+  // node draws all of its own
   const edges = svgEl("g", { class: "edges" }, root);
+  const hoverEdges = svgEl("g", { class: "edges hover-edges" }, root);
   const maxAbs = model.links.reduce((m, l) => Math.max(m, Math.abs(l.weight)), 0);
   const sorted = [...model.links].sort((a, b) => Math.abs(a.weight) - Math.abs(b.weight));
+  const drawn = sorted.length > MAX_DRAWN_LINKS ? sorted.slice(sorted.length - MAX_DRAWN_LINKS) : sorted;
+  svg.dataset.drawnLinks = String(drawn.length);
   const edgeEls = new Map();
-  for (const link of sorted) {
+  const drawEdge = (link, parent) => {
     const a = layout.pos.get(link.source.id);
     const b = layout.pos.get(link.target.id);
     const attrs = { ...edgeAttrs(a, b, link.weight, maxAbs), "data-source": link.source.id, "data-target": link.target.id };
     if (link.compare) attrs.class += ` cmp-${link.compare}`;
-    const el = svgEl("path", attrs, edges);
-    edgeEls.set(link, el);
-  }
+    return svgEl("path", attrs, parent);
+  };
+  for (const link of drawn) edgeEls.set(link, drawEdge(link, edges));
 
   // nodes
   const nodesG = svgEl("g", { class: "nodes" }, root);
@@ -135,7 +143,7 @@ export function drawGraph(svg, model, state, actions) {
       const mode = state.hoverMode || "both";
       const shown = mode === "off" ? [] : mode === "inputs" ? node.incoming : mode === "outputs" ? node.outgoing : [...node.incoming, ...node.outgoing];
       for (const l of shown) {
-        edgeEls.get(l)?.classList.add("hl");
+        (edgeEls.get(l) ?? drawEdge(l, hoverEdges)).classList.add("hl");
         nodeEls.get(l.source.id)?.classList.add("hl");
         nodeEls.get(l.target.id)?.classList.add("hl");
       }
@@ -146,6 +154,7 @@ export function drawGraph(svg, model, state, actions) {
     g.addEventListener("mouseleave", () => {
       svg.classList.remove("focus");
       for (const el of svg.querySelectorAll(".hl")) el.classList.remove("hl");
+      hoverEdges.replaceChildren();
       g.appendChild(title);
       hideTooltip();
     });

@@ -4,7 +4,7 @@
 
 import { fetchAnnotations, fetchAttention, fetchGraph, saveAnnotations, steeringStatus } from "./api.js";
 import { applyCompare, compareSummary } from "./compare.js";
-import { drawGraph, revealNode } from "./graph_view.js";
+import { MAX_DRAWN_LINKS, drawGraph, revealNode } from "./graph_view.js";
 import { buildAttention, buildModel, fmt } from "./model.js";
 import { renderDetails, renderQK, renderSelection, renderSupernodes } from "./panels.js";
 import { drawSubgraph } from "./subgraph.js";
@@ -51,6 +51,7 @@ function renderHeader() {
   const sc = meta.sae_circuits || {};
   const parts = [`${state.model.nodes.length} nodes`, `${state.model.links.length} edges`];
   if (sc.n_nodes_before) parts.push(`of ${sc.n_nodes_before} / ${sc.n_edges_before}`);
+  if (state.model.links.length > MAX_DRAWN_LINKS) parts.push(`the ${MAX_DRAWN_LINKS} strongest edges drawn (hover a node for all of its own)`);
   const heads = sc.head_loadings || null;
   if (heads && Number.isFinite(Number(heads.n_links))) parts.push(`heads of ${Number(heads.n_links)} edges`);
   if (state.attention.size) parts.push(`QK of ${state.attention.size} heads`);
