@@ -19,8 +19,8 @@ demo: setup
 	$(VENV)/bin/sae-circuits demo -o out/demo
 
 lint: setup
-	$(VENV)/bin/ruff format --check sae_circuits tests benchmarks toy_training
-	$(VENV)/bin/ruff check sae_circuits tests benchmarks toy_training
+	$(VENV)/bin/ruff format --check sae_circuits tests benchmarks toy_training docs
+	$(VENV)/bin/ruff check sae_circuits tests benchmarks toy_training docs
 	$(VENV)/bin/pyright sae_circuits
 
 # Debian's chromium for the viewer's browser tests (Playwright drives it; never
