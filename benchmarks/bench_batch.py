@@ -8,8 +8,10 @@ into a fresh store, full and pruned graph saved per prompt:
 * ``ray1``, ``ray2``: ``sc.attribute_many`` on a new local Ray cluster (127.0.0.1, no
   dashboard) with 1 and 2 actors of 1 CPU each (torch on 1 thread per actor).
 
-Torch runs on ``--threads`` threads (default 1) in ``loop`` and ``inprocess`` so that the
-1-worker figures compare with one actor. Reported per mode: graphs per minute over the whole run
+Each run is a fresh subprocess with ``OMP_NUM_THREADS``, ``MKL_NUM_THREADS`` and
+``OPENBLAS_NUM_THREADS`` set to ``--threads`` (default 1) and torch on as many threads, so that
+the 1-worker figures compare with one Ray actor (which Ray runs on 1 thread per CPU it holds) and
+no library's thread pool spins on cores the others need. Reported per mode: graphs per minute over the whole run
 (``wall``: loading the model and transcoders, starting Ray and its actors included) and in the
 steady state (``steady``: between the first and the last graph finished, from the store's
 journal, or the loop's own clock), and the overhead of ``inprocess`` against ``loop``.
@@ -22,11 +24,14 @@ usage:
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
 import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -37,6 +42,7 @@ import sae_circuits as sc
 from sae_circuits.batch import LOCAL_INIT, GraphStore, RayExecutor
 
 MODES = ("loop", "inprocess", "ray1", "ray2")
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
 def prompts(n: int) -> list[str]:
@@ -66,11 +72,14 @@ def run_batch(texts: list[str], out: Path, transcoders: str, mode: str) -> dict[
     if mode.startswith("ray"):
         import ray
 
-        if not ray.is_initialized():
-            ray.init(num_cpus=2, log_to_driver=False, **LOCAL_INIT)
+        ray.init(num_cpus=2, log_to_driver=False, **LOCAL_INIT)
         executor = RayExecutor(num_workers=int(mode[3:]), num_cpus=1)
     started = time.perf_counter()
-    result = sc.attribute_many("toy-facts", transcoders, texts, out, executor=executor)
+    try:
+        result = sc.attribute_many("toy-facts", transcoders, texts, out, executor=executor)
+    finally:
+        if executor is not None:
+            executor.ray.shutdown()
     wall = time.perf_counter() - started
     assert result.n_done == len(texts), result
     finished = sorted(r["finished"] for r in GraphStore(out).records())
@@ -95,22 +104,37 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads of loop/inprocess")
     ap.add_argument("--repeat", type=int, default=1, help="runs per mode (median reported)")
     ap.add_argument("--json", type=Path, help="write the figures here")
+    ap.add_argument("--one", choices=MODES, help=argparse.SUPPRESS)  # a child: one run
+    ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
     texts = prompts(args.n)
+    if args.one:
+        torch.set_num_threads(args.threads)
+        run = run_loop if args.one == "loop" else functools.partial(run_batch, mode=args.one)
+        print(json.dumps(run(texts, args.out, args.transcoders)))
+        return
     figures: dict[str, dict[str, float]] = {}
+    runs: dict[str, list[dict[str, float]]] = {}
     tmp = Path(tempfile.mkdtemp(prefix="bench_batch_"))
+    env = {**os.environ, **{v: str(args.threads) for v in THREAD_VARS}}
+    root = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
     try:
-        for mode in args.modes:
-            runs = []
-            for r in range(args.repeat):
+        for r in range(args.repeat):
+            for mode in args.modes:
                 out = tmp / f"{mode}-{r}"
-                if mode == "loop":
-                    runs.append(run_loop(texts, out, args.transcoders))
-                else:
-                    runs.append(run_batch(texts, out, args.transcoders, mode))
-                shutil.rmtree(out)
-            figures[mode] = {k: statistics.median(x[k] for x in runs) for k in runs[0]}
+                cmd = [sys.executable, __file__, "--one", mode, "--out", str(out)]
+                cmd += ["--n", str(args.n), "--transcoders", args.transcoders]
+                cmd += ["--threads", str(args.threads)]
+                done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+                if done.returncode:
+                    raise SystemExit(f"{mode} failed:\n{done.stderr[-3000:]}")
+                runs.setdefault(mode, []).append(json.loads(done.stdout.strip().splitlines()[-1]))
+                got = runs[mode][-1]
+                print(f"  run {r + 1} {mode}: {got['per_min_steady']:.0f}/min steady", flush=True)
+                shutil.rmtree(out, ignore_errors=True)
+        for mode in args.modes:
+            figures[mode] = {k: statistics.median(x[k] for x in runs[mode]) for k in runs[mode][0]}
             f = figures[mode]
             print(
                 f"{mode:10s} {f['graphs']:5.0f} graphs  {f['wall_s']:7.1f} s  "

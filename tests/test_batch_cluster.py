@@ -174,9 +174,7 @@ def test_killed_driver_resumes(cluster, tmp_path):
     path.write_bytes(path.read_bytes()[: first["size"] // 2])
     (out / "graphs" / f".{prompt_key(PROMPTS[-1])}.zip.x.tmp").write_bytes(b"half")
     model = functools.partial(hooked_model, delay=delay)
-    again = sc.attribute_many(
-        model, TRANSCODERS, PROMPTS, out, executor=RayExecutor(num_workers=1)
-    )
+    again = sc.attribute_many(model, TRANSCODERS, PROMPTS, out, executor=RayExecutor(num_workers=1))
     assert again.n_skipped == written - 1 and again.n_done == len(PROMPTS) - written + 1
     assert again.n_failed == 0 and set(again.table["status"]) == {"ok"}
     _check_store(store, [prompt_key(p) for p in PROMPTS])
