@@ -29,8 +29,10 @@ __all__ = ["LOCAL_INIT", "Executor", "InProcessExecutor", "RayExecutor"]
 
 logger = logging.getLogger(__name__)
 
-#: ``ray.init`` arguments of a new local cluster: on the loopback interface only, no dashboard
-#: (nothing listens beyond this machine; the dashboard's extra processes cost ~1 s and 200 MB).
+#: ``ray.init`` arguments of a new local cluster: its node address is 127.0.0.1 (what it
+#: advertises and connects to) and it has no dashboard (whose processes cost ~1 s and 200 MB).
+#: Ray 2.60's gRPC servers still listen on every interface; Ray's token authentication (on by
+#: default there) guards them.
 LOCAL_INIT: Mapping[str, Any] = {"include_dashboard": False, "_node_ip_address": "127.0.0.1"}
 
 
@@ -100,8 +102,8 @@ class RayExecutor:
             records the previous one).
         max_attempts: Times a prompt is tried when workers die under it.
         init_kwargs: More arguments of ``ray.init`` (e.g. ``num_cpus``) when this executor
-            starts the cluster. A new local cluster (``address=None``) binds to 127.0.0.1
-            without a dashboard (:data:`LOCAL_INIT`) unless these say otherwise.
+            starts the cluster. A new local cluster (``address=None``) has the node address
+            127.0.0.1 and no dashboard (:data:`LOCAL_INIT`) unless these say otherwise.
 
     Raises:
         ImportError: Ray is not installed (``pip install 'sae-circuits[ray]'``).
