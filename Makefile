@@ -43,6 +43,7 @@ test: lint browser
 
 bench: setup
 	$(PY) benchmarks/bench_attribution.py
+	$(PY) benchmarks/bench_batch.py --n 200
 
 # Retrain the shipped toy-facts model, transcoders and labels (toy_training/, not part of the
 # installed package; 2-8 min on 2 cores) and compare them with the shipped files (bytes, and the
