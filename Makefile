@@ -10,7 +10,7 @@ PIP := $(PY) -m pip install -q --disable-pip-version-check -c constraints.txt
 $(VENV)/.installed: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(PIP) torch==2.13.0   # the CPU build first: an unpinned torch pulls CUDA packages
-	$(PIP) -e ".[dev]"
+	$(PIP) -e ".[dev,ray]"   # ray: the batch's Ray executor is tested on a local cluster
 	touch $@
 
 setup: $(VENV)/.installed
@@ -33,14 +33,17 @@ browser:
 # The suite runs three times: as the machine comes, with torch's portable CPU kernels
 # (ATEN_CPU_CAPABILITY=default: other summation orders than AVX2/AVX-512) and with one thread,
 # so that a test whose tolerance depends on the CPU's kernels fails on every machine
-# (docs/testing.md).
+# (docs/testing.md). The tests marked `cluster` (a local Ray cluster killing workers and drivers,
+# tests/test_batch_cluster.py) run in the first run only: they test the store and the executor,
+# not the kernels, and each run of them starts Ray processes.
 test: lint browser
 	$(PY) -m pytest -q
-	ATEN_CPU_CAPABILITY=default $(PY) -m pytest -q -p no:cacheprovider
-	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -q -p no:cacheprovider
+	ATEN_CPU_CAPABILITY=default $(PY) -m pytest -q -p no:cacheprovider -m "not cluster"
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -q -p no:cacheprovider -m "not cluster"
 
 bench: setup
 	$(PY) benchmarks/bench_attribution.py
+	$(PY) benchmarks/bench_batch.py --n 200
 
 # Retrain the shipped toy-facts model, transcoders and labels (toy_training/, not part of the
 # installed package; 2-8 min on 2 cores) and compare them with the shipped files (bytes, and the

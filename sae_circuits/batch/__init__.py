@@ -23,7 +23,7 @@ Example:
     ...                   executor=RayExecutor("auto"))
 """
 
-from sae_circuits.batch._executors import Executor, InProcessExecutor, RayExecutor
+from sae_circuits.batch._executors import LOCAL_INIT, Executor, InProcessExecutor, RayExecutor
 from sae_circuits.batch._plot import plot_features
 from sae_circuits.batch._run import BatchResult, attribute_many
 from sae_circuits.batch._store import (
@@ -48,6 +48,7 @@ __all__ = [
     "INDEX_COLUMNS",
     "KEEP_CHOICES",
     "KNOBS",
+    "LOCAL_INIT",
     "OCCURRENCE_COLUMNS",
     "BatchResult",
     "Executor",

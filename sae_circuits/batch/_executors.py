@@ -25,9 +25,15 @@ from typing import Any, Protocol
 
 from sae_circuits.batch._worker import Task, Worker, WorkSpec, is_object
 
-__all__ = ["Executor", "InProcessExecutor", "RayExecutor"]
+__all__ = ["LOCAL_INIT", "Executor", "InProcessExecutor", "RayExecutor"]
 
 logger = logging.getLogger(__name__)
+
+#: ``ray.init`` arguments of a new local cluster: its node address is 127.0.0.1 (what it
+#: advertises and connects to) and it has no dashboard (whose processes cost ~1 s and 200 MB).
+#: Ray 2.60's gRPC servers still listen on every interface; Ray's token authentication (on by
+#: default there) guards them.
+LOCAL_INIT: Mapping[str, Any] = {"include_dashboard": False, "_node_ip_address": "127.0.0.1"}
 
 
 class Executor(Protocol):
@@ -84,17 +90,20 @@ class RayExecutor:
 
     Args:
         address: The cluster (``ray.init(address=...)``: ``"auto"``, ``"ray://host:10001"``,
-            ``"host:6379"``); ``None``: the cluster this process is connected to, else a new
-            local one. Ignored when Ray is already initialised.
+            ``"host:6379"``); ``None``: the cluster this process is connected to, else one
+            named by ``RAY_ADDRESS``, else a new local one; ``"local"``: a new local one.
+            Ignored when Ray is already initialised.
         num_workers: Actors to start (default: the cluster's GPUs if it has any, else its CPUs
             divided by ``num_cpus``).
         num_gpus: GPUs per actor (default: 1 on a cluster with GPUs, else 0).
-        num_cpus: CPUs per actor.
+        num_cpus: CPUs per actor; an actor without a GPU runs torch on that many threads
+            (rounded down, at least 1), so that ``n`` actors on ``n`` cores do not compete.
         in_flight: Tasks queued on each actor at a time (2 keeps an actor busy while the driver
             records the previous one).
         max_attempts: Times a prompt is tried when workers die under it.
-        init_kwargs: More arguments of ``ray.init`` (e.g. ``num_cpus``, ``include_dashboard``)
-            when this executor starts the cluster.
+        init_kwargs: More arguments of ``ray.init`` (e.g. ``num_cpus``) when this executor
+            starts the cluster. A new local cluster (``address=None``) has the node address
+            127.0.0.1 and no dashboard (:data:`LOCAL_INIT`) unless these say otherwise.
 
     Raises:
         ImportError: Ray is not installed (``pip install 'sae-circuits[ray]'``).
@@ -142,7 +151,9 @@ class RayExecutor:
                     f"loaded {type(value).__name__} would send its weights to every worker"
                 )
         if not ray.is_initialized():
-            ray.init(address=self.address, **self.init_kwargs)
+            local = LOCAL_INIT if self.address in (None, "local") else {}
+            address = None if self.address == "local" else self.address
+            ray.init(address=address, **{**local, **self.init_kwargs})
             self._started_ray = True
         resources = ray.cluster_resources()
         gpus = float(resources.get("GPU", 0))
@@ -156,6 +167,7 @@ class RayExecutor:
             )
         n = max(1, n)
         self._spec = spec
+        self._threads = None if num_gpus > 0 else max(1, int(self.num_cpus))
         self._remote = ray.remote(max_restarts=0, max_task_retries=0)(Worker).options(
             num_cpus=self.num_cpus, num_gpus=num_gpus
         )
@@ -170,7 +182,7 @@ class RayExecutor:
         logger.info("%d Ray workers ready (%s GPU, %s CPU each)", n, num_gpus, self.num_cpus)
 
     def _new_actor(self, slot: int) -> Any:
-        actor = self._remote.remote(self._spec)
+        actor = self._remote.remote(self._spec, threads=self._threads)
         self._pids[slot] = actor.ready.remote()
         return actor
 

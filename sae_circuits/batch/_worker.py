@@ -172,10 +172,17 @@ class Worker:
 
     Args:
         spec: What to load and how to attribute.
+        threads: Torch's CPU threads in this process (``torch.set_num_threads``; ``None``: as
+            it is). A Ray actor on a CPU slot of ``num_cpus`` CPUs gets that many, so that the
+            actors of one machine do not oversubscribe its cores.
     """
 
-    def __init__(self, spec: WorkSpec) -> None:
+    def __init__(self, spec: WorkSpec, *, threads: int | None = None) -> None:
         started = time.perf_counter()
+        if threads is not None:
+            if threads < 1:
+                raise ValueError(f"threads must be >= 1 (or None), got {threads}")
+            torch.set_num_threads(threads)
         self.spec = spec
         self.model = _load_model(spec)
         self.transcoders = _load_transcoders(spec, self.model)
@@ -185,6 +192,10 @@ class Worker:
     def ready(self) -> int:
         """The worker's process id (answered once loading is done)."""
         return os.getpid()
+
+    def threads(self) -> int:
+        """Torch's CPU threads in this worker's process."""
+        return torch.get_num_threads()
 
     def tokenize(self, prompts: Sequence[str | Sequence[int]]) -> list[list[int] | str]:
         """Token ids of each prompt, or the error that makes it unusable (a string)."""

@@ -94,7 +94,7 @@ def _executor(args: argparse.Namespace) -> Any:
 
     try:
         return RayExecutor(
-            None if args.ray == "local" else args.ray,
+            args.ray,
             num_workers=args.workers,
             num_gpus=args.gpus_per_worker,
         )
