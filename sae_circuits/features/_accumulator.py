@@ -142,7 +142,7 @@ class LayerStats:
             mask: ``(b, n)`` the positions that count (not padding, not a leading BOS).
             window: ``(b,)`` the windows' indices in the corpus.
         """
-        b, n, f = acts.shape
+        n, f = acts.shape[1:]
         a = acts.detach().float().cpu() * mask[:, :, None]
         self.n_tokens += int(mask.sum())
         self.active += (a > 0).sum((0, 1))

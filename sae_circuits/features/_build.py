@@ -34,8 +34,8 @@ from sae_circuits.core.prompts import token_strings
 from sae_circuits.features._accumulator import LayerStats
 from sae_circuits.features._corpus import iter_texts, token_windows
 from sae_circuits.features._logits import logit_effects
-from sae_circuits.graph import AttributionGraph
 from sae_circuits.features._store import FORMAT, write_feature_files, write_index
+from sae_circuits.graph import AttributionGraph
 from sae_circuits.replacement_model import ReplacementSemantics, run_to_output
 from sae_circuits.transcoders import TranscoderSet, check_compatible
 
@@ -179,7 +179,7 @@ def build_features(
         _save(out / CHECKPOINT, config, stats, n_windows, tokens_read)
         n_tok = next(iter(stats.values())).n_tokens if stats else 0
         return FeatureBuild(out, n_windows, n_tok, 0, done, False)
-    n_files = _write(model, transcoders, out, stats, selected, labels, n_logits, config)
+    n_files, written = _write(model, transcoders, out, stats, selected, labels, n_logits, config)
     n_tok = next(iter(stats.values())).n_tokens if stats else 0
     write_index(
         out,
@@ -189,6 +189,7 @@ def build_features(
             "n_windows": n_windows,
             "n_tokens": n_tok,
             "n_files": n_files,
+            "features": written,
             "logit_effects": "sum of all output layers' decoder writes"
             if any(len(transcoders.output_layers(layer)) > 1 for layer in range(n_layers))
             else "decoder write",
@@ -379,12 +380,14 @@ def _write(
     labels: Mapping[int, Sequence[str]] | None,
     n_logits: int,
     config: dict[str, Any],
-) -> int:
+) -> tuple[int, dict[str, str | None]]:
+    """Write the feature files; returns their number and ``{"layer_feature": label}``."""
     decode = _Decoder(model)
     only_active = config["features"] == {
         str(layer): list(range(ts.d_sae(layer))) for layer in range(ts.n_layers)
     }
     n_files = 0
+    written: dict[str, str | None] = {}
     for layer, s in stats.items():
         effects = logit_effects(model, ts, layer, n=n_logits)
         records: list[dict[str, Any]] = []
@@ -423,5 +426,6 @@ def _write(
                 ],
             }
             records.append(record)
+            written[f"{layer}_{f}"] = label
         n_files += write_feature_files(out, records)
-    return n_files
+    return n_files, written
