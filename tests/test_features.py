@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -256,3 +257,56 @@ def test_bad_feature_files_are_refused_with_the_reason(built, tmp_path):
             read_feature_file(tmp_path, layer=layer, feature=f)
     with pytest.raises(FileNotFoundError):
         read_feature_file(tmp_path, layer=0, feature=0)
+
+
+def test_server_answers_feature_files_and_refuses_bad_requests(built, tmp_path):
+    import threading
+    import urllib.error
+    import urllib.request
+
+    from sae_circuits.viewer import make_server
+
+    from .test_viewer_server import make_graph_folder
+
+    folder = make_graph_folder(tmp_path / "graph")
+    bad = tmp_path / "bad"
+    shutil.copytree(built, bad)
+    layer, f = 1, SELECT[1][0]
+    (bad / f"{layer}_{f}.json").write_text("[1, 2")
+    server = make_server(folder, port=0, features=bad)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+
+    def get(path):
+        try:
+            with urllib.request.urlopen(server.url + path, timeout=10) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+    try:
+        status, body = get("api/features")
+        assert status == 200 and body["available"] and body["n_files"] == read_index(bad)["n_files"]
+        g = SELECT[3][0]
+        status, body = get(f"api/feature?layer=3&feature={g}")
+        assert status == 200 and body == read_feature_file(bad, layer=3, feature=g)
+        status, body = get(f"api/feature?layer={layer}&feature={f}")
+        assert (
+            status == 409
+            and "bad feature file" in body["error"]
+            and "not valid JSON" in body["error"]
+        )
+        assert get("api/feature?layer=0&feature=511")[0] == 404
+        for query in (
+            "layer=1",
+            "layer=x&feature=1",
+            "layer=1&feature=-1",
+            "layer=1&feature=1&a=2",
+        ):
+            assert get(f"api/feature?{query}")[0] == 400, query
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+    with pytest.raises(FileNotFoundError, match="no feature folder"):
+        make_server(folder, port=0, features=tmp_path / "missing")

@@ -28,6 +28,8 @@ from sae_circuits.features._store import (
     feature_path,
     read_feature_file,
     read_index,
+    write_feature_files,
+    write_index,
 )
 
 __all__ = [
@@ -45,4 +47,6 @@ __all__ = [
     "read_feature_file",
     "read_index",
     "token_windows",
+    "write_feature_files",
+    "write_index",
 ]
