@@ -79,7 +79,12 @@ class DashboardSource:
         labels = {}
         if isinstance(features, dict):
             labels = {k: v for k, v in features.items() if isinstance(v, str) and v}
-        return {"available": True, "reason": None, "n_files": index.get("n_files"), "labels": labels}
+        return {
+            "available": True,
+            "reason": None,
+            "n_files": index.get("n_files"),
+            "labels": labels,
+        }
 
     def feature(self, layer: int, feature: int) -> dict[str, Any]:
         """One feature's record.
@@ -97,4 +102,6 @@ class DashboardSource:
                 f"no dashboard for layer {layer} feature {feature} in {self.folder}"
             ) from None
         except OSError as e:
-            raise FeatureFileError(f"cannot read the file of layer {layer} feature {feature}: {e}") from e
+            raise FeatureFileError(
+                f"cannot read the file of layer {layer} feature {feature}: {e}"
+            ) from e

@@ -63,9 +63,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sae_circuits.graph import GraphFileError
 from sae_circuits.features import FeatureFileError
-from sae_circuits.viewer.dashboards import DashboardSource, NoDashboardError
+from sae_circuits.graph import GraphFileError
 from sae_circuits.viewer.annotations import (
     DEFAULT_LIMITS,
     AnnotationError,
@@ -74,6 +73,7 @@ from sae_circuits.viewer.annotations import (
     AnnotationStore,
 )
 from sae_circuits.viewer.compare import compare_documents
+from sae_circuits.viewer.dashboards import DashboardSource, NoDashboardError
 from sae_circuits.viewer.document import GraphFolderError, GraphSource
 from sae_circuits.viewer.security import (
     check_bind_host,
