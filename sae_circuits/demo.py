@@ -14,18 +14,24 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from sae_circuits.attribution import attribute
 from sae_circuits.core.prompts import to_tokens
+from sae_circuits.features import FeatureBuild, build_features, graph_features
 from sae_circuits.graph import AttributionGraph, GraphScores, node_id
 from sae_circuits.interventions import InterventionResult, intervene
 from sae_circuits.models import load_model
 from sae_circuits.transcoders import load_transcoders
 
-__all__ = ["DemoReport", "run_demo"]
+__all__ = ["DEMO_FEATURE_TOKENS", "DemoReport", "build_demo_features", "run_demo"]
+
+#: Tokens of the toy-facts training corpus the demo's feature dashboards read (a cap that keeps
+#: ``sae-circuits demo`` at a few seconds).
+DEMO_FEATURE_TOKENS = 3000
 
 PROMPT = "The capital of the state containing Dallas is"
 SOURCE = "The capital of the state containing Oakland is"
@@ -122,3 +128,45 @@ def run_demo(
                     interventions.append((layer, city, f, value))
     swap = intervene(model, PROMPT, ts, interventions, freeze_attention=False)
     return DemoReport(graph, pruned, graph.scores(), features, swap, labels)
+
+
+def build_demo_features(
+    graph: AttributionGraph,
+    out: str | Path,
+    *,
+    transcoders: str = "toy-facts",
+    max_tokens: int = DEMO_FEATURE_TOKENS,
+    progress: bool | None = False,
+) -> FeatureBuild:
+    """Feature dashboards of ``graph``'s features from the toy-facts training corpus.
+
+    Args:
+        graph: A demo graph (its features are the ones written).
+        out: The features folder (e.g. ``out/demo/features``, where ``sae-circuits serve
+            out/demo`` looks).
+        transcoders: ``"toy-facts"`` or ``"toy-facts-clt"``.
+        max_tokens: Tokens of the training corpus to read (its sentences, in order).
+        progress: Progress bar.
+
+    Returns:
+        The :class:`~sae_circuits.features.FeatureBuild`.
+    """
+    from sae_circuits.toy.facts import load_toy_labels, load_toy_world
+
+    kind = {"toy-facts": "plt", "toy-facts-clt": "clt"}[transcoders]
+    texts = [s.text for s in load_toy_world().split("train")]
+    texts = [texts[i] for i in np.random.default_rng(0).permutation(len(texts))]
+    return build_features(
+        load_model("toy-facts"),
+        load_transcoders(transcoders),
+        texts,
+        out,
+        top_k=8,
+        samples=8,
+        max_tokens=max_tokens,
+        context_len=32,
+        batch_size=128,
+        features=graph_features(graph),
+        labels=load_toy_labels(kind),  # type: ignore[arg-type]
+        progress=progress,
+    )

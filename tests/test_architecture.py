@@ -27,6 +27,7 @@ FLOORS: dict[str, int] = {
     "toy": 2,
     "models": 3,
     "attribution": 3,
+    "features": 3,
     "interventions": 4,
     "viewer": 5,
     "batch": 5,

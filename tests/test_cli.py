@@ -266,9 +266,39 @@ def test_demo_writes_a_folder(tmp_path: Path, capsys):
     assert "top logit: austin" in stdout and "-> sacramento" in stdout
     for name in ("graph.zip", "pruned.zip", "graph.json"):
         assert (out / name).is_file(), name
+    # the dashboards of every feature of the pruned graph, from the training corpus
+    from sae_circuits.features import graph_features, read_feature_file
+
+    assert "feature dashboards:" in stdout
+    from sae_circuits.graph import AttributionGraph
+
+    pruned = AttributionGraph.load(out / "pruned.zip")
+    for layer, ids in graph_features(pruned).items():
+        for f in ids:
+            rec = read_feature_file(out / "features", layer=layer, feature=f)
+            assert rec["label"] and rec["n_tokens"] > 0
 
 
-@pytest.mark.parametrize("command", [[], ["attribute"], ["serve"], ["demo"]])
+def test_features_command_builds_dashboards(tmp_path: Path, capsys):
+    from sae_circuits.features import read_feature_file, read_index
+    from sae_circuits.toy.facts import load_toy_world
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("\n".join(s.text for s in load_toy_world().split("train")[:60]))
+    out = tmp_path / "f"
+    args = ["features", "--model", "toy-facts", "--transcoders", "toy-facts", "--corpus"]
+    assert main([*args, str(corpus), "-o", str(out), "--max-tokens", "300", "-q"]) == 0
+    stdout = capsys.readouterr().out
+    index = read_index(out)
+    assert f"{index['n_files']} feature files" in stdout and index["n_files"] > 0
+    layer, feature = next(iter(index["features"])).split("_")
+    rec = read_feature_file(out, layer=int(layer), feature=int(feature))
+    assert rec["density"] > 0 and rec["examples_quantiles"][0]["examples"]
+    assert main([*args, str(tmp_path / "missing.txt"), "-o", str(out)]) == 2
+    assert "cannot read corpus" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [[], ["attribute"], ["serve"], ["demo"], ["features"]])
 def test_help(capsys, command: list[str]):
     with pytest.raises(SystemExit) as exc:
         main([*command, "--help"])

@@ -10,6 +10,7 @@ the reason. Set ``SAE_CIRCUITS_SCREENSHOT=1`` to also write the screenshot to
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -129,11 +130,10 @@ class Viewer:
         return [x["node_id"] for x in feats[:n]]
 
 
-@pytest.fixture
-def viewer(browser: Any, template: Path, tmp_path: Path) -> Iterator[Viewer]:
-    folder = tmp_path / "graph"
-    shutil.copytree(template, folder)
-    server = make_server(folder, port=0)
+@contextlib.contextmanager
+def serving(browser: Any, folder: Path, **server_kwargs: Any) -> Iterator[Viewer]:
+    """A server of ``folder`` (``make_server`` keywords) and a fresh browser page for it."""
+    server = make_server(folder, port=0, **server_kwargs)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
     thread.start()
     context = browser.new_context(viewport={"width": 1400, "height": 900})
@@ -150,6 +150,14 @@ def viewer(browser: Any, template: Path, tmp_path: Path) -> Iterator[Viewer]:
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
+
+
+@pytest.fixture
+def viewer(browser: Any, template: Path, tmp_path: Path) -> Iterator[Viewer]:
+    folder = tmp_path / "graph"
+    shutil.copytree(template, folder)
+    with serving(browser, folder) as v:
+        yield v
 
 
 def test_page_loads_and_draws_every_kept_node(viewer: Viewer):

@@ -1,4 +1,4 @@
-"""Command line: ``sae-circuits attribute``, ``serve`` and ``demo``.
+"""Command line: ``sae-circuits attribute``, ``serve``, ``demo``, ``batch`` and ``features``.
 
 Example:
     $ sae-circuits attribute "The capital of the state containing Dallas is" \\
@@ -29,7 +29,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from sae_circuits.cli import _attribute, _batch, _demo, _serve
+from sae_circuits.cli import _attribute, _batch, _demo, _features, _serve
 from sae_circuits.cli._attribute import read_direction, top_qk_heads
 from sae_circuits.cli._common import CLIError, Formatter
 from sae_circuits.cli._loading import load_model_by_name, load_transcoders_by_name
@@ -45,7 +45,7 @@ __all__ = [
 ]
 
 #: The subcommands, in the order ``--help`` lists them.
-_COMMANDS = (_attribute, _serve, _demo, _batch)
+_COMMANDS = (_attribute, _serve, _demo, _batch, _features)
 
 
 def build_parser() -> argparse.ArgumentParser:

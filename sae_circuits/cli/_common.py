@@ -118,6 +118,7 @@ def serve_folder(
     *,
     compare: Path | None = None,
     steerer: Any = None,
+    features: Path | None = None,
 ) -> int:
     from sae_circuits.viewer import GraphFolderError, RemoteBindError, make_server
 
@@ -129,6 +130,7 @@ def serve_folder(
             allow_remote=allow_remote,
             compare=compare,
             steerer=steerer,
+            features=features,
         )
     except RemoteBindError as e:
         raise CLIError(str(e)) from e

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ from sae_circuits.cli._output import check_out, write_folder
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from sae_circuits.demo import PROMPT, SOURCE, run_demo
+    from sae_circuits.demo import PROMPT, SOURCE, build_demo_features, run_demo
 
     if args.out is not None:
         check_out(Path(args.out), overwrite=True)
@@ -50,7 +51,13 @@ def _demo(args: argparse.Namespace) -> int:
     )
     if args.out is not None:
         out = Path(args.out)
-        write_folder(out, graph, 0.8, 0.98, slug="toy-facts-dallas", labels=report.labels)
+        pruned = write_folder(out, graph, 0.8, 0.98, slug="toy-facts-dallas", labels=report.labels)
+        start = time.perf_counter()
+        built = build_demo_features(pruned, out / "features", transcoders=args.transcoders)
+        print(
+            f"feature dashboards: {built.n_files} features of the pruned graph from "
+            f"{built.n_tokens} tokens of the training corpus in {time.perf_counter() - start:.1f}s"
+        )
         print(f"view it: sae-circuits serve {out}")
     return 0
 

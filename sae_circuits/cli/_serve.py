@@ -70,6 +70,7 @@ def _serve_cmd(args: argparse.Namespace) -> int:
         args.open,
         compare=compare,
         steerer=steerer,
+        features=Path(args.features) if args.features is not None else None,
     )
 
 
@@ -104,6 +105,11 @@ def add_parser(sub: Any) -> None:
         "other", metavar="OTHER", nargs="?", default=None, help="a second graph folder to compare"
     )
     srv.add_argument("--compare", metavar="OTHER", help="a second graph folder to compare")
+    srv.add_argument(
+        "--features",
+        metavar="DIR",
+        help="feature dashboards (`sae-circuits features -o DIR`; default: FOLDER/features)",
+    )
     srv.add_argument("--model", help="model to steer with (as in `attribute --model`)")
     srv.add_argument("--transcoders", help="transcoders to steer with (as in `attribute`)")
     srv.add_argument("--device", default=None, help="device of the model (default: the loader's)")

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write"]
+__all__ = ["atomic_write", "atomic_write_many"]
 
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[Any], None]) -> Path:
@@ -68,3 +68,43 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Any], None]) -> 
     finally:
         os.close(dir_fd)
     return path
+
+
+def atomic_write_many(folder: str | os.PathLike[str], files: dict[str, bytes]) -> list[Path]:
+    """Write many files of one folder so that each is either untouched or complete.
+
+    Like :func:`atomic_write` per file, but with one flush of the file system (``os.sync``) for
+    all of them instead of one ``fsync`` each (thousands of small files, e.g. feature files):
+    every file is first written under a temporary name, then all data is flushed, then each is
+    renamed over its destination. On an error the temporary files are removed.
+
+    Args:
+        folder: The (existing) folder.
+        files: File name (inside ``folder``) -> content.
+
+    Returns:
+        The paths written.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"folder {folder} does not exist")
+    tmps: list[tuple[Path, Path]] = []
+    try:
+        for name, data in files.items():
+            path = folder / name
+            if path.parent != folder:
+                raise ValueError(f"{name!r} is not a plain file name inside {folder}")
+            tmp = folder / f".{name}.{secrets.token_hex(6)}.tmp"
+            tmps.append((tmp, path))
+            with open(tmp, "xb") as f:
+                f.write(data)
+        if hasattr(os, "sync"):
+            os.sync()
+        for tmp, path in tmps:
+            os.replace(tmp, path)
+    except BaseException:
+        for tmp, _ in tmps:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        raise
+    return [path for _, path in tmps]

@@ -25,6 +25,11 @@ parameters but ``/api/graph``'s two, each at most once: anything else is ``400``
                                        a time limit): top logits before / after, continuations
                                        (``409`` without a model, ``429`` while another runs,
                                        ``504`` past the time limit)
+``GET /api/features``                  the feature dashboards: whether there are any, why not, the
+                                       labels of their index (:mod:`.dashboards`)
+``GET /api/feature``                   one feature's dashboard (``?layer=L&feature=F``, both
+                                       required): ``404`` without one, ``409`` for a file that
+                                       cannot be read (the message says why)
 ``GET /files/<name>``                  a file of the served folder (e.g. ``graph.json`` to upload
                                        to Neuronpedia)
 =====================================  ===========================================================
@@ -58,6 +63,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sae_circuits.features import FeatureFileError
 from sae_circuits.graph import GraphFileError
 from sae_circuits.viewer.annotations import (
     DEFAULT_LIMITS,
@@ -67,6 +73,7 @@ from sae_circuits.viewer.annotations import (
     AnnotationStore,
 )
 from sae_circuits.viewer.compare import compare_documents
+from sae_circuits.viewer.dashboards import DashboardSource, NoDashboardError
 from sae_circuits.viewer.document import GraphFolderError, GraphSource
 from sae_circuits.viewer.security import (
     check_bind_host,
@@ -133,6 +140,8 @@ class ViewerServer(ThreadingHTTPServer):
             it (``b``).
         steerer: A :class:`~sae_circuits.viewer.steering.Steerer` for the graph's prompt (a
             model and transcoders): enables ``/api/steer``.
+        features: The folder of feature dashboards (default: ``folder/features`` when it
+            exists).
 
     Raises:
         RemoteBindError: A non-loopback ``host`` without ``allow_remote``.
@@ -155,8 +164,13 @@ class ViewerServer(ThreadingHTTPServer):
         limits: AnnotationLimits | None = None,
         compare: str | Path | None = None,
         steerer: Steerer | None = None,
+        features: str | Path | None = None,
     ) -> None:
         check_bind_host(host, allow_remote=allow_remote)
+        self.dashboards = DashboardSource(
+            features if features is not None else Path(folder) / "features",
+            explicit=features is not None,
+        )
         self.source = GraphSource(folder)
         self.compare = GraphSource(compare) if compare is not None else None
         self.steerer = steerer
@@ -375,6 +389,11 @@ class ViewerHandler(BaseHTTPRequestHandler):
                 if steerer is not None
                 else {"enabled": False, "reason": _NO_MODEL, "limits": None},
             )
+        elif path == "/api/features":
+            _parse_query(query, ())
+            self._json(HTTPStatus.OK, self.server.dashboards.status())
+        elif path == "/api/feature":
+            self._feature(_parse_query(query, ("layer", "feature")))
         elif path.startswith("/files/"):
             _parse_query(query, ())
             self._file(path[len("/files/") :])
@@ -407,6 +426,23 @@ class ViewerHandler(BaseHTTPRequestHandler):
             status = HTTPStatus.CONFLICT if conflict else 400
             raise _HTTPError(HTTPStatus(status), str(e)) from e
         self._send(HTTPStatus.OK, body, "application/json; charset=utf-8")
+
+    def _feature(self, query: dict[str, str]) -> None:
+        ids = {}
+        for name in ("layer", "feature"):
+            raw = query.get(name)
+            if raw is None or not raw.isascii() or not raw.isdigit() or len(raw) > 9:
+                raise _HTTPError(
+                    HTTPStatus.BAD_REQUEST, f"give ?layer=L&feature=F as whole numbers ({name})"
+                )
+            ids[name] = int(raw)
+        try:
+            record = self.server.dashboards.feature(ids["layer"], ids["feature"])
+        except NoDashboardError as e:
+            raise _HTTPError(HTTPStatus.NOT_FOUND, str(e)) from e
+        except FeatureFileError as e:
+            raise _HTTPError(HTTPStatus.CONFLICT, f"bad feature file: {e}") from e
+        self._json(HTTPStatus.OK, record)
 
     def _file(self, encoded: str) -> None:
         try:

@@ -77,3 +77,14 @@ export function steer(request_) {
     body: JSON.stringify(request_),
   });
 }
+
+/** Whether the server has feature dashboards: {available, reason, n_files, labels}. */
+export function dashboardStatus() {
+  return request("api/features");
+}
+
+/** One feature's dashboard (the feature file's record, docs/features.md). */
+export function fetchFeature(layer, feature) {
+  const query = new URLSearchParams({ layer: String(layer), feature: String(feature) });
+  return request(`api/feature?${query}`);
+}

@@ -2,7 +2,8 @@
 // re-renders on every change. Annotations are saved as patches (only what changed), which the
 // server merges, so two tabs editing at once do not overwrite each other.
 
-import { fetchAnnotations, fetchAttention, fetchGraph, saveAnnotations, steeringStatus } from "./api.js";
+import { dashboardStatus, fetchAnnotations, fetchAttention, fetchGraph, saveAnnotations, steeringStatus } from "./api.js";
+import { applyFileLabels, renderDashboard, setDashboards } from "./dashboard.js";
 import { applyCompare, compareSummary } from "./compare.js";
 import { MAX_DRAWN_LINKS, drawGraph, revealNode } from "./graph_view.js";
 import { buildAttention, buildModel, fmt } from "./model.js";
@@ -69,6 +70,7 @@ function render() {
   drawSubgraph($("subgraph-svg"), model, state, actions);
   drawGraph($("graph-svg"), model, state, actions);
   renderDetails(model, state, actions);
+  renderDashboard(model, state);
   renderConnections(model, state, actions);
   renderSteering(model, state, render);
   $("compare-info").hidden = !model.compare;
@@ -171,6 +173,7 @@ function wireControls() {
     try {
       const doc = await fetchGraph({ node, edge });
       state.model = applyCompare(buildModel(doc), doc);
+      if (state.dashboards) applyFileLabels(state.model, state.dashboards.status);
       setStatus(`Pruned at ${node} / ${edge}`);
       render();
     } catch (err) {
@@ -206,6 +209,11 @@ async function init() {
     } catch (err) {
       setStatus(`QK attributions not loaded: ${err.message}`, true);
     }
+  }
+  try {
+    setDashboards(state, await dashboardStatus());
+  } catch (err) {
+    setDashboards(state, { available: false, reason: `feature dashboards not loaded: ${err.message}`, labels: {} });
   }
   try {
     setSteeringStatus(state, await steeringStatus());
