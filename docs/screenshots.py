@@ -8,8 +8,8 @@ folder, serves them on 127.0.0.1 (with the toy model for steering) and writes in
 * ``viewer_details.png``: a feature's details and connections panel;
 * ``viewer_steer.png``: the Texas features switched off from the steering panel;
 * ``viewer_compare.png``: Dallas vs Oakland (``serve A B``);
-* ``viewer_features.png``: the feature panel with its dashboard, when the demo folder has
-  feature dashboards (``features/``).
+* ``viewer_features.png``: the feature's dashboard (contexts, histogram, logit effects), built
+  from the toy model's training corpus as ``sae-circuits demo -o`` builds them.
 
 Run: ``.venv/bin/python docs/screenshots.py [--out docs/images]`` (needs ``playwright`` and
 Debian's ``chromium``, as the browser tests do).
@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import sae_circuits as sc
-from sae_circuits.demo import run_demo
+from sae_circuits.demo import build_demo_features, run_demo
 from sae_circuits.toy import load_toy_model, load_toy_transcoders
 from sae_circuits.viewer import make_server, write_graph_folder
 from sae_circuits.viewer.steering import Steerer
@@ -55,11 +55,23 @@ def build(root: Path) -> tuple[Path, Path, Any]:
     report = run_demo(progress=False)
     dallas = root / "dallas"
     write_graph_folder(dallas, report.graph, report.pruned, slug="dallas", labels=report.labels)
+    build_demo_features(report.pruned, dallas / "features")
     model, ts = load_toy_model(), load_toy_transcoders()
     oakland_graph = sc.attribute(model, OAKLAND, ts, progress=False)
     oakland = root / "oakland"
     write_graph_folder(oakland, oakland_graph, oakland_graph.prune(0.8, 0.98), slug="oakland")
     return dallas, oakland, report
+
+
+def _shrink(out: Path) -> None:
+    """Palette PNGs (a third of the size; the page has few colours), where Pillow is at hand."""
+    try:
+        from PIL import Image
+    except ImportError:
+        return
+    for path in out.glob("viewer*.png"):
+        image = Image.open(path).convert("RGB")
+        image.quantize(colors=128, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,9 +101,9 @@ def main(argv: list[str] | None = None) -> int:
                 page.click(f'#graph-svg [data-node="{nid}"]')
                 page.wait_for_selector("#connections .conn-side")
                 page.screenshot(path=str(out / "viewer_details.png"))
-                if page.locator("#feature-panel").count():
-                    page.locator("#feature-panel").scroll_into_view_if_needed()
-                    page.screenshot(path=str(out / "viewer_features.png"))
+                page.wait_for_selector("#feature-dashboard:not([hidden]) .fd-context")
+                page.locator("#feature-dashboard").scroll_into_view_if_needed()
+                page.screenshot(path=str(out / "viewer_features.png"))
                 off = report.swap.interventions
                 off = off[off["value"] == 0]
                 for _, row in off.iterrows():
@@ -111,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             steerer.close()
             browser.close()
+    _shrink(out)
     print(f"screenshots in {out}")
     return 0
 
