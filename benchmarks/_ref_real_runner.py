@@ -10,9 +10,11 @@ model's logits vs ours, node-set agreement and the largest edge difference relat
 largest reference edge.
 
 Gemma 3: TL 2.18 builds one rotary table (``rotary_base``, 1,000,000) for every layer, while
-Gemma 3's local (sliding-window) layers use ``rotary_base_local`` (10,000). This script rebuilds
-the local layers' ``rotary_sin`` / ``rotary_cos`` buffers with the local base after the model is
-built -- in this script, not in the package (``--no-rotary-patch`` runs it unpatched).
+Gemma 3's local (sliding-window) layers use ``rotary_base_local`` (10,000). This script keeps the
+reference's own tables (our state dict's ``rotary_*`` buffers are not loaded), then rebuilds the
+local layers' ``rotary_sin`` / ``rotary_cos`` with the local base -- in this script, not in the
+package (``--no-rotary-patch`` runs it unpatched); it reports how many tables the patch changed
+and the reference model's logits against ours.
 """
 
 import argparse
@@ -72,21 +74,28 @@ def _load(fx: Path, patch_rotary: bool):
     dropped = sorted(k for k in kw if k not in known)
     cfg = HookedTransformerConfig(**{k: v for k, v in kw.items() if k in known})
     model = TransformerLensReplacementModel(cfg)
-    missing, unexpected = model.load_state_dict(load_file(fx / "model.safetensors"), strict=False)
+    # the reference's own rotary tables, not ours: our state dict's rotary_* buffers are dropped
+    sd = {
+        k: v
+        for k, v in load_file(fx / "model.safetensors").items()
+        if not k.endswith(("rotary_sin", "rotary_cos"))
+    }
+    missing, unexpected = model.load_state_dict(sd, strict=False)
     bad = [k for k in missing if not k.endswith(("mask", "IGNORE", "rotary_sin", "rotary_cos"))]
     assert not unexpected and not bad, (bad, unexpected)
-    patched = 0
+    patched = 0  # local layers whose table the patch changed
     local_base = kw.get("rotary_base_local")
+    attn_types = kw.get("attn_types") or []
     if patch_rotary and local_base is not None:
-        for block in model.blocks:
+        for layer, block in enumerate(model.blocks):
             attn = block.attn
-            if getattr(attn, "attn_type", "global") == "local":
+            if layer < len(attn_types) and attn_types[layer] == "local":
                 sin, cos = attn.calculate_sin_cos_rotary(
-                    cfg.rotary_dim, cfg.n_ctx, base=local_base, dtype=cfg.dtype
+                    cfg.rotary_dim, attn.rotary_sin.shape[0], base=local_base, dtype=cfg.dtype
                 )
+                patched += int(not torch.equal(sin, attn.rotary_sin))
                 attn.rotary_sin.copy_(sin)
                 attn.rotary_cos.copy_(cos)
-                patched += 1
     layers = {}
     for i in range(cfg.n_layers):
         w = load_file(fx / "transcoders" / f"layer_{i}.safetensors")

@@ -32,6 +32,7 @@ import argparse
 import importlib.util
 import json
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,35 +96,44 @@ def load_real_model(name: str):
     return load_model(gguf_path(name), device="cpu")
 
 
-def _generate(model) -> torch.Tensor:
-    """``(N_TRAIN + N_HELD, 1 + GEN_LEN)`` ids: BOS and text the model sampled (seeded), a
-    few sequences per start of :data:`STARTS` (the start itself is dropped)."""
+def _generate(name: str, model) -> list[torch.Tensor]:
+    """``N_TRAIN + N_HELD`` sequences of ids: a start of :data:`STARTS` (with the tokenizer's
+    BOS, if it adds one) and ``GEN_LEN`` tokens the model sampled (seeded; the starts
+    interleaved, so that train and held-out text cover all of them). Sampled by transformers'
+    ``generate`` on the same GGUF file (the same dequantised weights; its KV cache makes this
+    minutes, TransformerLens' ``generate`` on Gemma 3 took over 10 min for 3 sequences here)."""
+    from transformers import AutoModelForCausalLM
+
+    path = gguf_path(name)
+    hf = AutoModelForCausalLM.from_pretrained(
+        str(path.parent), gguf_file=path.name, dtype=torch.float32
+    ).eval()
     torch.manual_seed(0)
     per = -(-(N_TRAIN + N_HELD) // len(STARTS))
-    rows = []
+    rows: list[list[torch.Tensor]] = []
     for start in STARTS:
         ids = model.to_tokens(start).expand(per, -1)
         with torch.no_grad():
-            out = model.generate(
+            out = hf.generate(
                 ids,
+                attention_mask=torch.ones_like(ids),
                 max_new_tokens=GEN_LEN,
+                min_new_tokens=GEN_LEN,
                 do_sample=True,
                 temperature=1.0,
                 top_k=50,
-                stop_at_eos=False,
-                verbose=False,
+                pad_token_id=hf.config.eos_token_id
+                if isinstance(hf.config.eos_token_id, int)
+                else 0,
             )
-        rows.append(out[:, ids.shape[1] : ids.shape[1] + GEN_LEN])
-    text = torch.cat(rows)
-    # interleave the starts so that train and held-out text both cover all of them
-    text = text.view(len(STARTS), per, GEN_LEN).transpose(0, 1).reshape(-1, GEN_LEN)
-    text = text[: N_TRAIN + N_HELD]
-    bos = model.to_tokens("")[0, :1].expand(len(text), 1)
-    return torch.cat([bos, text], 1)
+        rows.append(list(out))
+    del hf
+    return [rows[i % len(STARTS)][i // len(STARTS)] for i in range(N_TRAIN + N_HELD)]
 
 
-def _capture(model, tokens: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Per layer, MLP inputs (``mlp.hook_in``) and outputs (``hook_mlp_out``), BOS dropped."""
+def _capture(model, seqs: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Per layer, MLP inputs (``mlp.hook_in``) and outputs (``hook_mlp_out``) at every position
+    but the first (the attention sink), the sequences concatenated."""
     from sae_circuits.core.hooks import resolve_hook, scoped_hooks
 
     n = model.cfg.n_layers
@@ -133,12 +143,10 @@ def _capture(model, tokens: torch.Tensor) -> tuple[list[torch.Tensor], list[torc
     for layer in range(n):
         for suffix, store in (("mlp.hook_in", xs), ("hook_mlp_out", ys)):
             site = resolve_hook(model, f"blocks.{layer}.{suffix}")
-            hooks.append(
-                (site, lambda t, s=store[layer]: s.append(t.detach()[:, 1:].flatten(0, 1)))
-            )
+            hooks.append((site, lambda t, s=store[layer]: s.append(t.detach()[0, 1:].clone())))
     with torch.no_grad(), scoped_hooks(model, hooks):
-        for row in tokens.split(6):
-            model(row)
+        for seq in seqs:
+            model(seq[None], return_type=None)
     return [torch.cat(x) for x in xs], [torch.cat(y) for y in ys]
 
 
@@ -261,11 +269,18 @@ def build(name: str, width: int, *, model=None) -> dict:
         return json.loads(stats_file.read_text())
     model = model if model is not None else load_real_model(name)
     t0 = time.perf_counter()
-    tokens = _generate(model)
+    text = OUT / "transcoders" / f"{name}-text.pt"  # shared by the widths
+    if text.exists():
+        seqs = list(torch.load(text))
+    else:
+        seqs = _generate(name, model)
+        text.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(seqs, text)
     t_gen = time.perf_counter() - t0
-    xs, ys = _capture(model, tokens)
-    n_train = N_TRAIN * GEN_LEN
+    xs, ys = _capture(model, seqs)
+    n_train = sum(len(s) - 1 for s in seqs[:N_TRAIN])
     layers = []
+    print(f"{name}: {len(seqs)} sequences generated in {t_gen:.0f} s", file=sys.stderr)
     for layer, (x, y) in enumerate(zip(xs, ys, strict=True)):
         layers.append(
             calibrate(
@@ -277,6 +292,8 @@ def build(name: str, width: int, *, model=None) -> dict:
                 seed=1000 * width + layer,
             )
         )
+        c = layers[-1]
+        print(f"  layer {layer}: FVU {c.fvu:.3f} L0 {c.l0:.0f}", file=sys.stderr, flush=True)
     out.mkdir(parents=True, exist_ok=True)
     (_write_gemma if name == "gemma3" else _write_saelens)(layers, width)
     stats = {
@@ -284,13 +301,13 @@ def build(name: str, width: int, *, model=None) -> dict:
         "width": width,
         "active_target": ACTIVE,
         "train_tokens": n_train,
-        "held_out_tokens": N_HELD * GEN_LEN,
+        "held_out_tokens": sum(len(s) - 1 for s in seqs[N_TRAIN:]),
         "generate_s": round(t_gen, 1),
         "build_s": round(time.perf_counter() - t0, 1),
         "fvu": [round(c.fvu, 4) for c in layers],
         "l0": [round(c.l0, 1) for c in layers],
         "ridge_lambda": [c.lam for c in layers],
-        "sample": model.to_string(tokens[0, 1:40]),
+        "sample": model.to_string(seqs[0][:40]),
     }
     stats_file.write_text(json.dumps(stats, indent=1))
     return stats
