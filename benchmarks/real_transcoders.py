@@ -59,8 +59,8 @@ STARTS = (
     "import numpy as np",
     "The history of",
 )
-N_TRAIN, N_HELD = 24, 6  # generated sequences
-GEN_LEN = 112  # new tokens per sequence
+N_TRAIN, N_HELD = 16, 4  # generated sequences
+GEN_LEN = 64  # new tokens per sequence
 
 
 def gguf_path(name: str) -> Path:
