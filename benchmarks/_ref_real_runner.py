@@ -1,8 +1,8 @@
 """circuit-tracer 0.5.0 on the real models, for ``bench_real.py --reference`` (run in the reference
 venv, ``$REF_HOME/ref``, with TransformerLens 2.18; never imported by ``sae_circuits``).
 
-usage: _ref_real_runner.py MODEL TOKENS MODE SAVE
-Reads the fixture ``bench_real`` wrote (``out/real_models/ref-fixture-{MODEL}/``: ``model.json``
+usage: _ref_real_runner.py FIXTURE TOKENS MODE SAVE
+Reads the fixture ``bench_real`` wrote (``out/real_models/ref-fixture-{FIXTURE}/``, FIXTURE = ``{model}-w{width}``: ``model.json``
 TransformerLens config, ``model.safetensors`` state dict, ``logits.json`` our last-position
 logits on a probe, the transcoders' files), the prompt ``SAVE.tokens.json`` and our graph
 (``SAVE.adj.npz``, ``SAVE.keys.json``); prints one JSON line: time, peak RSS, the reference
@@ -122,7 +122,7 @@ def _load(fx: Path, patch_rotary: bool):
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("model")
+    p.add_argument("fixture")
     p.add_argument("tokens", type=int)
     p.add_argument("mode")
     p.add_argument("save")
@@ -132,7 +132,7 @@ def main() -> None:
     from circuit_tracer import attribute
 
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
-    fx = OUT / f"ref-fixture-{a.model}"
+    fx = OUT / f"ref-fixture-{a.fixture}"
     t0 = time.perf_counter()
     model, dropped, patched = _load(fx, not a.no_rotary_patch)
     t_load = time.perf_counter() - t0

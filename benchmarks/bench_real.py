@@ -83,12 +83,12 @@ def _n_active(model, ts, tokens: torch.Tensor) -> int:
     return count[0]
 
 
-def write_ref_fixture(name: str, model, ts) -> Path:
+def write_ref_fixture(name: str, width: int, model, ts) -> Path:
     """The model and transcoders for ``_ref_real_runner.py`` (cached): TransformerLens config,
     state dict, our last-position logits on the Dallas prompt, per-layer transcoder tensors."""
     from safetensors.torch import save_file
 
-    fx = rt.OUT / f"ref-fixture-{name}"
+    fx = rt.OUT / f"ref-fixture-{name}-w{width}"
     if (fx / "logits.json").exists():
         return fx
     (fx / "transcoders").mkdir(parents=True, exist_ok=True)
@@ -119,14 +119,16 @@ def write_ref_fixture(name: str, model, ts) -> Path:
     return fx
 
 
-def run_one(name: str, n: int, mode: str, mem_gb: float, save: str | None) -> dict:
+def run_one(
+    name: str, n: int, mode: str, mem_gb: float, save: str | None, width: int = WIDTH
+) -> dict:
     """One case in this process (the parent starts a fresh process per case)."""
     import sae_circuits as sc
 
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
     t0 = time.perf_counter()
     model = rt.load_real_model(name)
-    ts = rt.load(name, WIDTH)
+    ts = rt.load(name, width)
     t_load = time.perf_counter() - t0
     tokens = prompt_tokens(model, n)
     n_active = _n_active(model, ts, tokens)
@@ -135,7 +137,7 @@ def run_one(name: str, n: int, mode: str, mem_gb: float, save: str | None) -> di
         model=name,
         tokens=n,
         mode=mode,
-        width=WIDTH,
+        width=width,
         n_active=n_active,
         active_per_token=round(n_active / (n - 1) / model.cfg.n_layers, 1),
         load_s=round(t_load, 1),
@@ -159,7 +161,7 @@ def run_one(name: str, n: int, mode: str, mem_gb: float, save: str | None) -> di
     if save:
         from scipy import sparse
 
-        write_ref_fixture(name, model, ts)
+        write_ref_fixture(name, width, model, ts)
         Path(save + ".tokens.json").write_text(json.dumps(tokens.tolist()))
 
         from benchmarks._ref_real_runner import node_keys
@@ -189,23 +191,24 @@ def main() -> None:
     p.add_argument("--model", choices=rt.MODELS, nargs="+", default=list(rt.MODELS))
     p.add_argument("--tokens", type=int, nargs="+", default=list(TOKENS))
     p.add_argument("--mode", choices=MODES, nargs="+", default=list(MODES))
+    p.add_argument("--width", type=int, default=WIDTH, help="features per layer")
     p.add_argument("--mem-gb", type=float, default=6.0, help="largest full graph to attempt")
     p.add_argument("--reference", action="store_true", help="also run circuit-tracer 0.5.0")
     p.add_argument("--one", nargs=3, metavar=("MODEL", "TOKENS", "MODE"), help=argparse.SUPPRESS)
     p.add_argument("--save", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.one:
-        print(json.dumps(run_one(a.one[0], int(a.one[1]), a.one[2], a.mem_gb, a.save)))
+        print(json.dumps(run_one(a.one[0], int(a.one[1]), a.one[2], a.mem_gb, a.save, a.width)))
         return
     for name in a.model:
-        rt.build(name, WIDTH)
+        rt.build(name, a.width)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     ref_py = Path(os.environ.get("REF_HOME", Path.home() / ".cache/sae_circuits_reference"))
     ref_py = ref_py / "ref" / "bin" / "python"
     for n in sorted(a.tokens):  # the big ones last
         for name in a.model:
             for mode in a.mode:
-                save = str(rt.OUT / f"bench-{name}-{n}-{mode}") if a.reference else None
+                save = str(rt.OUT / f"bench-{name}-w{a.width}-{n}-{mode}") if a.reference else None
                 args = [
                     "-m",
                     "benchmarks.bench_real",
@@ -215,6 +218,8 @@ def main() -> None:
                     mode,
                     "--mem-gb",
                     str(a.mem_gb),
+                    "--width",
+                    str(a.width),
                 ] + (["--save", save] if save else [])
                 row = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **_child(args)}
                 print(json.dumps(row), flush=True)
@@ -222,7 +227,13 @@ def main() -> None:
                     f.write(json.dumps(row) + "\n")
                 if a.reference and save and "attribute_s" in row:
                     ref = _child(
-                        ["benchmarks/_ref_real_runner.py", name, str(n), mode, save],
+                        [
+                            "benchmarks/_ref_real_runner.py",
+                            f"{name}-w{a.width}",
+                            str(n),
+                            mode,
+                            save,
+                        ],
                         python=str(ref_py),
                     )
                     ref = {
