@@ -222,7 +222,7 @@ def _target_table(
             if pos == n - 1:
                 logits = tr.logits.double()
             else:
-                logits = tr.final[pos].double() @ reader.w_u.double() + reader.b_u.double()
+                logits = reader.logits(tr.final[pos])
                 cap = float(getattr(model.cfg, "output_logits_soft_cap", 0.0) or 0.0)
                 if cap > 0:
                     logits = cap * torch.tanh(logits / cap)
