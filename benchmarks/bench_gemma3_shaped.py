@@ -73,7 +73,7 @@ def build(n_pos: int, seed: int = 0):
         for layer, tc in enumerate(tcs):
             pre = cache[names[layer]][0, 1:] @ tc.W_enc + tc.b_enc
             q = torch.quantile(pre.flatten(), 1 - 60 / tc.W_enc.shape[1])
-            tc.threshold.fill_(float(q))
+            tc.threshold.fill_(float(q))  # type: ignore[operator]
     del cache
     return model, tokens, sc.load_transcoders(tcs)
 
@@ -87,7 +87,6 @@ def one(n_pos: int, mfn: int | None, threads: int, repeat: int, budget: int | No
 
     torch.set_num_threads(threads)
     model, tokens, ts = build(n_pos)
-    kw = {} if budget is None else {"memory_budget": budget}
     times, work, graph = [], [], None
     for _ in range(repeat):
         graph = None
@@ -95,7 +94,9 @@ def one(n_pos: int, mfn: int | None, threads: int, repeat: int, budget: int | No
         before = _rss_kb("VmRSS")
         _reset_peak()
         t0 = time.perf_counter()
-        graph = sc.attribute(model, tokens, ts, max_feature_nodes=mfn, progress=False, **kw)
+        graph = sc.attribute(
+            model, tokens, ts, max_feature_nodes=mfn, progress=False, memory_budget=budget
+        )
         times.append(time.perf_counter() - t0)
         work.append((_rss_kb("VmHWM") - before) / 1024)
     assert graph is not None
@@ -103,7 +104,9 @@ def one(n_pos: int, mfn: int | None, threads: int, repeat: int, budget: int | No
         from torch.profiler import ProfilerActivity, profile
 
         with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as p:
-            sc.attribute(model, tokens, ts, max_feature_nodes=mfn, progress=False, **kw)
+            sc.attribute(
+                model, tokens, ts, max_feature_nodes=mfn, progress=False, memory_budget=budget
+            )
         print(p.key_averages().table(sort_by="cpu_time_total", row_limit=30), file=sys.stderr)
         print(p.key_averages().table(sort_by="cpu_memory_usage", row_limit=15), file=sys.stderr)
     return {
@@ -120,7 +123,7 @@ def one(n_pos: int, mfn: int | None, threads: int, repeat: int, budget: int | No
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--n-pos", type=int, default=16)
