@@ -290,15 +290,23 @@ def test_backward_in_slices_gives_the_same_graph(monkeypatch):
     sliced_traces = []
 
     def small_slices(*args, **kwargs):
-        tr = trace(*args, memory_budget=1, **kwargs)  # slices of the minimum, 8 targets
+        tr = trace(*args, **kwargs)
         sliced_traces.append(tr)
         return tr
 
     monkeypatch.setattr(attribution_module, "trace", small_slices)
-    sliced = sc.attribute(model, PROMPT, ts, batch_size=64)
+    # memory_budget=1: slices of the minimum, 8 targets
+    sliced = sc.attribute(model, PROMPT, ts, batch_size=64, memory_budget=1)
     assert sliced_traces and sliced_traces[0]._chunk == 8
     assert_close(sliced.adjacency, whole.adjacency, what="backward in slices")
     assert sliced.nodes.equals(whole.nodes)
+
+
+@pytest.mark.parametrize("bad", [0, -5, 1.5, True, "1GB"])
+def test_memory_budget_must_be_a_positive_number_of_bytes(bad):
+    model, tcs = build("gpt2", "relu")
+    with pytest.raises(ValueError, match="memory_budget"):
+        sc.attribute(model, PROMPT, sc.load_transcoders(tcs), memory_budget=bad)
 
 
 def test_rows_hold_no_autograd_graph():
@@ -370,9 +378,17 @@ def test_backward_slices_hold_one_layer_and_at_most_batch_size(monkeypatch):
 
 
 def test_default_slice_budget_by_device(monkeypatch):
+    import sae_circuits.attribution._backward as backward
     from sae_circuits.attribution._backward import _default_budget
 
-    assert _default_budget(torch.device("cpu")) == 2**25
+    cpu = torch.device("cpu")  # an eighth of MemAvailable, within 32 MiB .. 1 GiB
+    for avail, expected in [(2**33, 2**30), (2**31, 2**28), (2**20, 2**25), (None, 2**30)]:
+        monkeypatch.setattr(backward, "_mem_available", lambda avail=avail: avail)
+        assert _default_budget(cpu) == expected
+    monkeypatch.undo()
+    real = backward._mem_available()
+    if real is not None:  # Linux: MemAvailable is read, and is a plausible size
+        assert 0 < real < 2**50
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (40 * 2**30, 80 * 2**30))
     assert _default_budget(torch.device("cuda", 0)) == 10 * 2**30  # a quarter of what is free
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (2**20, 80 * 2**30))

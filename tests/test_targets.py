@@ -304,3 +304,23 @@ def test_interventions_measure_what_the_target_rows_predict(arch, kind):
     # the same targets without direct effects move too, and are reported
     full = sc.intervene(model, PROMPT, ts, group.assign(scale=0.0), targets=graph)
     assert (full.target_values["value"] != full.target_values["clean_value"]).any()
+
+
+def test_reader_works_in_vocabulary_blocks_without_a_float64_copy():
+    """The mean column and the logits, a block of columns at a time, match the whole-matrix sums
+    (float64 sums in another order: rounding of float64, relative to the largest term)."""
+    from sae_circuits.attribution import TargetReader
+    from sae_circuits.toy import tiny_model
+
+    model = tiny_model("gpt2", d_vocab=64)
+    whole = TargetReader(model)
+    blocked = TargetReader(model)
+    blocked._COLUMNS = 7  # 64 columns: 9 blocks, the last one short
+    w = model.W_U.detach().double()
+    x = torch.randn(model.cfg.d_model, generator=torch.Generator().manual_seed(0))
+    scale = float(w.abs().max()) * w.shape[1]
+    assert (blocked._means()[0] - w.mean(1)).abs().max() <= 1e-14 * scale
+    full = x.double() @ w + model.b_U.detach().double()
+    scale = float((x.double().abs() @ w.abs()).max())
+    assert (blocked.logits(x) - full).abs().max() <= 1e-14 * scale
+    assert (whole.logits(x) - blocked.logits(x)).abs().max() <= 1e-14 * scale

@@ -71,6 +71,7 @@ def attribute(
     batch_size: int = 256,
     update_interval: int = 4,
     attention_sink: bool = True,
+    memory_budget: int | None = None,
     progress: bool | None = None,
 ) -> AttributionGraph:
     """Compute the attribution graph of ``prompt``.
@@ -97,6 +98,11 @@ def attribute(
             exploration schedule (re-ranking every ``update_interval * batch_size`` features).
         update_interval: Batches between re-rankings of the features (with ``max_feature_nodes``).
         attention_sink: Treat position 0 as an attention sink: no features or error vector there.
+        memory_budget: About how many bytes of working memory one backward slice may hold
+            (targets are back-propagated in slices of at most ``batch_size``, fewer where the
+            budget asks). ``None`` (default): from the memory free now, an eighth of Linux's
+            ``MemAvailable`` between 32 MiB and 1 GiB on CPU, a quarter of the device's free
+            memory on CUDA (see docs/performance.md). The graph does not depend on it.
         progress: Show a progress bar; default: when stderr is a terminal.
 
     Returns:
@@ -112,6 +118,11 @@ def attribute(
         FloatingPointError: Non-finite activations in the forward pass.
     """
     _check_sizes(max_n_logits, desired_logit_prob, max_feature_nodes, batch_size, update_interval)
+    is_int = isinstance(memory_budget, (int, np.integer)) and not isinstance(memory_budget, bool)
+    if memory_budget is not None and (not is_int or memory_budget < 1):
+        raise ValueError(
+            f"memory_budget must be a number of bytes >= 1 or None, got {memory_budget!r}"
+        )
     tokens = to_tokens(model, prompt)
     resolved = check_compatible(model, transcoders)
     specs = None
@@ -119,7 +130,14 @@ def attribute(
         specs = resolve_targets(model, targets, n_pos=len(tokens), resolved=resolved)
     started = time.perf_counter()
     hooks = [t.site for t in specs or () if t.site is not None and not t.reads_mlp_input]
-    tr = trace(model, tokens, resolved, attention_sink=attention_sink, target_hooks=hooks)
+    tr = trace(
+        model,
+        tokens,
+        resolved,
+        attention_sink=attention_sink,
+        memory_budget=memory_budget,
+        target_hooks=hooks,
+    )
     logit_probs = None
     if specs is None:
         logit_ids, logit_probs = select_logits(tr.logits, max_n_logits, desired_logit_prob)
@@ -204,7 +222,7 @@ def _target_table(
             if pos == n - 1:
                 logits = tr.logits.double()
             else:
-                logits = tr.final[pos].double() @ reader.w_u.double() + reader.b_u.double()
+                logits = reader.logits(tr.final[pos])
                 cap = float(getattr(model.cfg, "output_logits_soft_cap", 0.0) or 0.0)
                 if cap > 0:
                     logits = cap * torch.tanh(logits / cap)
