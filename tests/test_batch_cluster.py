@@ -179,3 +179,21 @@ def test_killed_driver_resumes(cluster, tmp_path):
     assert again.n_failed == 0 and set(again.table["status"]) == {"ok"}
     _check_store(store, [prompt_key(p) for p in PROMPTS])
     assert (out / "index.csv").is_file()
+
+
+def test_cli_batch_on_the_cluster(cluster, tmp_path, capsys):
+    from sae_circuits.cli import main
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("t5 t9 t3 t7\nt1 t2 t3\nt4 t4 t8\n")
+    out = tmp_path / "store"
+    args = ["batch", str(prompts), "--model", "tiny", "--transcoders", "tiny", "-o", str(out)]
+    assert main([*args, "--ray", cluster, "--workers", "2", "-q"]) == 0
+    printed = capsys.readouterr().out
+    assert "3 attributed, 0 already done, 0 failed" in printed and "Ray" in printed
+    store = GraphStore(out)
+    _check_store(store, list(store.index()["key"]))
+    assert store.index()["worker"].notna().all()
+    # the same store in this process: everything already done
+    assert main([*args, "-q"]) == 0
+    assert "0 attributed, 3 already done" in capsys.readouterr().out
