@@ -500,3 +500,26 @@ def test_malformed_target_options_exit_2(tmp_path: Path, capsys, args: list[str]
         main(["attribute", PROMPT, *TINY, *args, "-o", str(tmp_path / "out")])
     assert exc.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_the_docs_reference_lists_every_command_and_option():
+    """docs/viewer.md's command-line reference (docs/cli_reference.py) is the parser's."""
+    import argparse
+    from pathlib import Path
+
+    from sae_circuits.cli import build_parser
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "viewer.md").read_text()
+    ref = doc[doc.index("## Command-line reference") :]
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    missing = []
+    for name, command in sub.choices.items():
+        head = f"$ sae-circuits {name} --help"
+        if head not in ref:
+            missing.append(head)
+            continue
+        block = ref[ref.index(head) :].split("```")[0]
+        for action in command._actions:
+            missing += [f"{name} {o}" for o in action.option_strings if o not in block]
+    assert missing == [], f"rerun docs/cli_reference.py: {missing}"
