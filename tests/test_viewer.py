@@ -63,8 +63,9 @@ pytestmark = [
 ]
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
+@pytest.fixture(scope="module", name="browser")
+def browser_fixture() -> Iterator[Any]:
+    """One headless chromium for a module (other modules import ``browser_fixture``)."""
     assert sync_playwright is not None
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, timeout=60_000)
@@ -131,12 +132,14 @@ class Viewer:
 
 
 @contextlib.contextmanager
-def serving(browser: Any, folder: Path, **server_kwargs: Any) -> Iterator[Viewer]:
+def serving(
+    browser: Any, folder: Path, *, viewport: tuple[int, int] = (1400, 900), **server_kwargs: Any
+) -> Iterator[Viewer]:
     """A server of ``folder`` (``make_server`` keywords) and a fresh browser page for it."""
     server = make_server(folder, port=0, **server_kwargs)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
     thread.start()
-    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    context = browser.new_context(viewport={"width": viewport[0], "height": viewport[1]})
     context.set_default_timeout(15_000)
     page = context.new_page()
     errors: list[str] = []

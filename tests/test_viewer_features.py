@@ -19,7 +19,13 @@ import pytest
 
 from sae_circuits.features import FORMAT, write_feature_files, write_index
 
-from .test_viewer import Viewer, browser, pytestmark, serving, template  # noqa: F401 (fixtures)
+from .test_viewer import (  # noqa: F401 (fixtures "browser", "template"; marks)
+    Viewer,
+    browser_fixture,
+    pytestmark,
+    serving,
+    template,
+)
 
 
 def feature_nodes(folder: Path) -> list[dict[str, Any]]:
@@ -69,7 +75,7 @@ def record(layer: int, feature: int, rng: random.Random) -> dict[str, Any]:
 
 
 @pytest.fixture
-def served(browser: Any, template: Path, tmp_path: Path, request) -> Iterator[Viewer]:  # noqa: F811
+def served(browser: Any, template: Path, tmp_path: Path, request) -> Iterator[Viewer]:  # noqa: F811 (template)
     folder = tmp_path / "graph"
     shutil.copytree(template, folder)
     where = getattr(request, "param", "inside")

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,28 +22,21 @@ import pytest
 
 import sae_circuits as sc
 from sae_circuits.toy import synthetic_graph
-from sae_circuits.viewer import make_server, write_graph_folder
+from sae_circuits.viewer import write_graph_folder
 from sae_circuits.viewer.steering import Steerer
 
 from .conftest import build
-from .test_viewer import CHROMIUM, CHROMIUM_ARGS, Viewer, pytestmark, sync_playwright  # noqa: F401
+from .test_viewer import (  # noqa: F401 (marks)
+    Viewer,
+    browser_fixture,
+    pytestmark,
+    serving,
+)
 from .test_viewer_server import make_graph_folder, tiny_graphs
 
 #: A feature drawn smaller than this (its circle's diameter on the screen, in CSS pixels) cannot
 #: be told apart from its neighbours or clicked.
 MIN_FEATURE_PX = 6.0
-
-
-@pytest.fixture(scope="module")
-def chromium() -> Iterator[Any]:
-    """One headless chromium for the module (as test_viewer's ``browser``)."""
-    assert sync_playwright is not None
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, timeout=60_000)
-        try:
-            yield b
-        finally:
-            b.close()
 
 
 @pytest.fixture(scope="module")
@@ -65,49 +57,25 @@ def small_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_graph_folder(tmp_path_factory.mktemp("small") / "graph")
 
 
-class _Served:
-    def __init__(self, folder: Path, **kwargs: Any) -> None:
-        self.server = make_server(folder, port=0, **kwargs)
-        self.thread = threading.Thread(
-            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}
-        )
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=5)
-
-
-def _open(chromium: Any, folder: Path, size: tuple[int, int], **kwargs: Any) -> Iterator[Viewer]:
-    served = _Served(folder, **kwargs)
-    context = chromium.new_context(viewport={"width": size[0], "height": size[1]})
-    context.set_default_timeout(20_000)
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-    page.on("pageerror", lambda e: errors.append(f"page error: {e}"))
-    try:
-        viewer = Viewer(page, served.server.url, folder, errors)
+def _open(browser: Any, folder: Path, size: tuple[int, int], **kwargs: Any) -> Iterator[Viewer]:
+    """Serve ``folder`` (``make_server`` keywords) and open the page in a ``size`` window."""
+    with serving(browser, folder, viewport=size, **kwargs) as viewer:
         viewer.open()
         yield viewer
-    finally:
-        context.close()
-        served.close()
 
 
 @pytest.fixture
-def big(chromium: Any, big_folder: Path, tmp_path: Path) -> Iterator[Viewer]:
+def big(browser: Any, big_folder: Path, tmp_path: Path) -> Iterator[Viewer]:
     folder = tmp_path / "graph"
     shutil.copytree(big_folder, folder)
-    yield from _open(chromium, folder, (1600, 1000))
+    yield from _open(browser, folder, (1600, 1000))
 
 
 @pytest.fixture
-def small(chromium: Any, small_folder: Path, tmp_path: Path) -> Iterator[Viewer]:
+def small(browser: Any, small_folder: Path, tmp_path: Path) -> Iterator[Viewer]:
     folder = tmp_path / "graph"
     shutil.copytree(small_folder, folder)
-    yield from _open(chromium, folder, (1400, 900))
+    yield from _open(browser, folder, (1400, 900))
 
 
 def _boxes(viewer: Viewer) -> list[dict[str, Any]]:
@@ -258,7 +226,7 @@ def test_steering_controls_are_off_without_a_model_and_say_why(small: Viewer):
 
 
 @pytest.fixture
-def steering(chromium: Any, small_folder: Path, tmp_path: Path) -> Iterator[tuple[Viewer, Any]]:
+def steering(browser: Any, small_folder: Path, tmp_path: Path) -> Iterator[tuple[Viewer, Any]]:
     folder = tmp_path / "graph"
     shutil.copytree(small_folder, folder)
     model, tcs = build("llama", "skip")
@@ -266,7 +234,7 @@ def steering(chromium: Any, small_folder: Path, tmp_path: Path) -> Iterator[tupl
     graph, _ = tiny_graphs()
     steerer = Steerer(model, ts, prompt=graph.metadata["tokens"])
     try:
-        for viewer in _open(chromium, folder, (1400, 900), steerer=steerer):
+        for viewer in _open(browser, folder, (1400, 900), steerer=steerer):
             yield viewer, steerer
     finally:
         steerer.close()
@@ -291,14 +259,14 @@ def test_steering_from_the_page_shows_the_librarys_numbers(steering: tuple[Viewe
     assert viewer.errors == []
 
 
-def test_two_graphs_compared(chromium: Any, small_folder: Path, tmp_path: Path):
+def test_two_graphs_compared(browser: Any, small_folder: Path, tmp_path: Path):
     model, tcs = build("llama", "skip")
     other = sc.attribute(model, "t5 t9 t3 t7 t2 t8 t1 t1 t4 t2", sc.load_transcoders(tcs))
     b = tmp_path / "b"
     write_graph_folder(b, other, other.prune(0.8, 0.98), slug="b")
     a = tmp_path / "a"
     shutil.copytree(small_folder, a)
-    for viewer in _open(chromium, a, (1400, 900), compare=b):
+    for viewer in _open(browser, a, (1400, 900), compare=b):
         page = viewer.page
         info = page.locator("#compare-info")
         info.wait_for()
@@ -312,7 +280,7 @@ def test_two_graphs_compared(chromium: Any, small_folder: Path, tmp_path: Path):
 
 
 def test_a_graph_of_many_links_draws_the_strongest_and_a_hovered_nodes_own(
-    chromium: Any, tmp_path: Path
+    browser: Any, tmp_path: Path
 ):
     graph = synthetic_graph(n_features=900, n_edges=40_000, n_positions=16, seed=2)
     pruned = graph.prune(1.0, 1.0)  # everything: more links than are drawn
@@ -321,7 +289,7 @@ def test_a_graph_of_many_links_draws_the_strongest_and_a_hovered_nodes_own(
     doc = json.loads((folder / "graph.json").read_text())
     n_drawn = 12000  # MAX_DRAWN_LINKS in graph_view.js
     assert len(doc["links"]) > n_drawn
-    for viewer in _open(chromium, folder, (1600, 1000)):
+    for viewer in _open(browser, folder, (1600, 1000)):
         page = viewer.page
         drawn = page.locator("#graph-svg .edges:not(.hover-edges) path").evaluate_all(
             "els => els.map(e => e.dataset.source + '>' + e.dataset.target)"
