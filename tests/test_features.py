@@ -310,3 +310,24 @@ def test_server_answers_feature_files_and_refuses_bad_requests(built, tmp_path):
         thread.join(timeout=5)
     with pytest.raises(FileNotFoundError, match="no feature folder"):
         make_server(folder, port=0, features=tmp_path / "missing")
+
+
+def test_export_to_circuit_tracers_layout(built, tmp_path):
+    from sae_circuits.features import circuit_tracer_index, export_circuit_tracer
+
+    # circuit-tracer's Node.feature_node numbering: (l + f)(l + f + 1) / 2 + f
+    pairs = [(0, 0), (1, 0), (0, 1), (2, 3)]
+    assert [circuit_tracer_index(lay, f) for lay, f in pairs] == [0, 1, 2, 18]
+    folder = built
+    ours = sorted(p for p in Path(folder).glob("*_*.json"))
+    n = export_circuit_tracer(folder, tmp_path / "ct" / "toy")
+    assert n == len(ours) > 0
+    for path in ours:
+        layer, feature = map(int, path.stem.split("_"))
+        theirs = tmp_path / "ct" / "toy" / f"{circuit_tracer_index(layer, feature)}.json"
+        record = json.loads(theirs.read_text())
+        assert record == read_feature_file(folder, layer=layer, feature=feature)
+        for field in ("examples_quantiles", "top_logits", "bottom_logits", "act_min", "act_max"):
+            assert field in record
+    with pytest.raises(FileNotFoundError):
+        export_circuit_tracer(tmp_path / "nothing", tmp_path / "x")

@@ -7,7 +7,7 @@ from activation quantile bands, an activation histogram, its density, and the to
 effects of its decoder; streamed (memory bounded by ``k x features``, not the corpus) and
 resumable from a checkpoint. The file format (``docs/features.md``) follows circuit-tracer's
 local viewer and Neuronpedia; :func:`read_feature_file` reads and checks one file (the viewer
-uses it).
+uses it); :func:`export_circuit_tracer` copies a folder into circuit-tracer's viewer layout.
 
 One module per concept: :mod:`._corpus` (reading and windowing), :mod:`._accumulator` (the
 streaming statistics), :mod:`._logits` (logit effects), :mod:`._store` (the files),
@@ -25,6 +25,8 @@ from sae_circuits.features._logits import LogitEffects, logit_effects
 from sae_circuits.features._store import (
     FORMAT,
     FeatureFileError,
+    circuit_tracer_index,
+    export_circuit_tracer,
     feature_path,
     read_feature_file,
     read_index,
@@ -40,6 +42,8 @@ __all__ = [
     "LayerStats",
     "LogitEffects",
     "build_features",
+    "circuit_tracer_index",
+    "export_circuit_tracer",
     "feature_path",
     "graph_features",
     "iter_texts",

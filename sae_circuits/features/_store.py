@@ -170,3 +170,44 @@ def read_feature_file(folder: str | Path, *, layer: int, feature: int) -> dict[s
     if label is not None and not isinstance(label, str):
         raise FeatureFileError(f"{name}: 'label' must be text or null")
     return obj
+
+
+def circuit_tracer_index(layer: int, feature: int) -> int:
+    """The feature number circuit-tracer's viewer uses: the Cantor pairing of (layer, feature).
+
+    circuit-tracer 0.5.0's ``Node.feature_node`` writes ``(l + f)(l + f + 1) / 2 + f`` into a
+    node's ``feature`` field and its frontend reads ``{scan}/{that number}.json``.
+    """
+    s = int(layer) + int(feature)
+    return s * (s + 1) // 2 + int(feature)
+
+
+def export_circuit_tracer(folder: str | Path, out: str | Path) -> int:
+    """Copy a feature folder into circuit-tracer's local layout: ``out/{cantor}.json``.
+
+    Our files hold every field circuit-tracer's feature panel reads (``examples_quantiles``,
+    ``top_logits``, ``bottom_logits``, ``act_min``, ``act_max``) under the same names, so each is
+    written as it is, renamed to :func:`circuit_tracer_index` of its layer and feature. Serve
+    ``out``'s parent with circuit-tracer's ``serve(data_dir, features_dir=...)`` and the graph's
+    ``scan`` set to the folder's name (its frontend then fetches ``/features/{scan}/N.json``).
+
+    Args:
+        folder: A feature folder (``index.json`` and ``{layer}_{feature}.json``).
+        out: Where to write (created; existing files of the same names are replaced).
+
+    Returns:
+        The number of files written.
+
+    Raises:
+        FileNotFoundError, FeatureFileError: ``folder`` is not a feature folder of this format.
+    """
+    read_index(folder)
+    files = {}
+    for path in sorted(Path(folder).glob("*_*.json")):
+        layer, _, feature = path.stem.partition("_")
+        if not (layer.isdigit() and feature.isdigit()):
+            continue
+        record = read_feature_file(folder, layer=int(layer), feature=int(feature))
+        files[f"{circuit_tracer_index(int(layer), int(feature))}.json"] = _dump(record)
+    Path(out).mkdir(parents=True, exist_ok=True)
+    return len(atomic_write_many(out, files))
