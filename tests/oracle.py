@@ -34,7 +34,16 @@ class FrozenOracle:
         sink: bool = True,
         hooks: tuple[str, ...] = (),
         frozen_heads: dict[int, list[int]] | None = None,
+        active: dict[int, torch.Tensor] | None = None,
     ):
+        """``active``: per layer, a ``(n, F)`` bool mask of the features the graph's own clean run
+        found active (:func:`active_masks`). On real weights a float64 run flips the odd feature
+        whose pre-activation lies on its threshold (within rounding) relative to the float32 run
+        the graph comes from; such a flip changes that layer's error vector by the feature's
+        whole write. With ``active`` the oracle keeps the graph's decision (a flipped-on feature
+        gets its float64 pre-activation, what a (JumpReLU) ReLU passes) and records every flip
+        in ``self.flips`` as ``(layer, position, feature, float64 pre-activation)``, for the
+        caller to check that each is a threshold tie; all values stay float64."""
         self.model = copy.deepcopy(model).to(torch.float64)
         self.model.cfg.dtype = torch.float64
         self.ts = transcoders
@@ -58,9 +67,18 @@ class FrozenOracle:
             self._run({}, record=True)
         self.x_clean = {layer: self.cache[f"in{layer}"] for layer in range(self.L)}
         self.acts = {}
+        self.flips: list[tuple[int, int, int, float]] = []
         for layer in range(self.L):
             pre = self.x_clean[layer] @ self.enc[layer].T + self.b_enc[layer]
             a = transcoders.activation_fn(layer, pre.float()).double()
+            if active is not None:
+                mask = active[layer].to(torch.bool)
+                flipped = mask != (a != 0)
+                if sink:
+                    flipped[0] = False
+                for pos, f in torch.nonzero(flipped).tolist():
+                    self.flips.append((layer, pos, f, float(pre[pos, f])))
+                a = torch.where(mask & (a == 0), pre, a) * mask
             if sink:
                 a[0] = 0
             self.acts[layer] = a
@@ -263,6 +281,22 @@ class FrozenOracle:
         site = target["hook"] or "unembed"
         delta = (self.read_out[site][p] - self.base_read[site][p]).reshape(-1)
         return float(delta @ torch.tensor(target["direction"], dtype=torch.float64))
+
+
+def active_masks(graph: AttributionGraph, transcoders: TranscoderSet) -> dict[int, torch.Tensor]:
+    """Per layer, the ``(n, F)`` bool mask of the graph's active features (for ``active=``)."""
+    nodes = graph.nodes[graph.nodes["kind"].astype(str) == "feature"]
+    n = len(graph.metadata["tokens"])
+    out = {}
+    for layer in range(transcoders.n_layers):
+        sel = nodes[nodes["layer"] == layer]
+        mask = torch.zeros(n, transcoders.d_sae(layer), dtype=torch.bool)
+        mask[
+            torch.tensor(sel["position"].to_numpy(dtype=int)),
+            torch.tensor(sel["feature"].to_numpy(dtype=int)),
+        ] = True
+        out[layer] = mask
+    return out
 
 
 def worst_column_error(graph: AttributionGraph, oracle: FrozenOracle, sources) -> float:

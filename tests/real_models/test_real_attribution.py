@@ -28,7 +28,7 @@ import torch
 
 import sae_circuits as sc
 
-from ..oracle import FrozenOracle, sample_sources, worst_column_error
+from ..oracle import FrozenOracle, active_masks, sample_sources, worst_column_error
 
 pytestmark = pytest.mark.skipif(
     os.environ.get("SAE_CIRCUITS_REAL") != "1",
@@ -79,7 +79,13 @@ def _check(name: str, model, ts, *, seed: int) -> sc.AttributionGraph:
     assert [p.requires_grad for p in model.parameters()] == grads
     kinds = graph.nodes["kind"].value_counts().to_dict()
     tokens = torch.tensor(graph.metadata["tokens"])
-    oracle = FrozenOracle(model, ts, tokens)
+    # the graph's active set: the float64 copy flips the odd feature whose pre-activation is
+    # on its threshold (calibrated thresholds sit at data quantiles, and the calibration text
+    # starts like the prompt: ties at position 1); each must be a tie
+    oracle = FrozenOracle(model, ts, tokens, active=active_masks(graph, ts))
+    for layer, _, f, pre in oracle.flips:
+        theta = float(ts.transcoders[layer].threshold[f])
+        assert abs(pre - theta) <= 1e-4 * max(abs(theta), 1e-3), (layer, f, pre, theta)
     sources = sample_sources(graph, np.random.default_rng(seed), n_features=10)
     assert len(sources) >= 12
     t1 = time.perf_counter()
@@ -93,7 +99,8 @@ def _check(name: str, model, ts, *, seed: int) -> sc.AttributionGraph:
     print(
         f"  Dallas prompt ({len(tokens)} tokens): attribute {t_attr:.1f} s, nodes {kinds}; "
         f"{len(sources)} sampled columns vs measured direct effects (float64 frozen copy, "
-        f"{time.perf_counter() - t1:.1f} s): worst relative error {worst:.3g}\n"
+        f"{time.perf_counter() - t1:.1f} s): worst relative error {worst:.3g}; "
+        f"{len(oracle.flips)} threshold ties decided as in the graph\n"
         f"  top-5 next tokens (logit): {top}"
     )
     assert worst < EXACT, (name, worst)
