@@ -12,7 +12,10 @@ minus the RSS just before it (the peak is reset first through ``/proc/self/clear
 
 usage:
     python benchmarks/bench_gemma3_shaped.py [--threads 2] [--repeat 3] [--n-pos 16]
-        [--mfn full 1024 4096] [--memory-budget BYTES] [--profile]
+        [--mfn full 1024 4096] [--memory-budget BYTES] [--profile] [--backward generic]
+
+``--backward generic`` keeps every block on the per-block ``torch.func.vjp`` path (the explicit
+transposes of ``attribution/_transpose.py`` switched off) for side-by-side timings.
 """
 
 from __future__ import annotations
@@ -78,14 +81,25 @@ def build(n_pos: int, seed: int = 0):
     return model, tokens, sc.load_transcoders(tcs)
 
 
-def one(n_pos: int, mfn: int | None, threads: int, repeat: int, budget: int | None, prof: bool):
+def one(
+    n_pos: int,
+    mfn: int | None,
+    threads: int,
+    repeat: int,
+    budget: int | None,
+    prof: bool,
+    backward: str = "explicit",
+):
     import gc
 
     import torch
 
     import sae_circuits as sc
+    from sae_circuits.attribution import _backward
 
     torch.set_num_threads(threads)
+    if backward == "generic":
+        _backward._checked_transpose = lambda *args: None  # type: ignore[assignment]
     model, tokens, ts = build(n_pos)
     times, work, graph = [], [], None
     for _ in range(repeat):
@@ -112,6 +126,7 @@ def one(n_pos: int, mfn: int | None, threads: int, repeat: int, budget: int | No
     return {
         "n_pos": n_pos,
         "max_feature_nodes": mfn,
+        "backward": backward,
         "seconds": round(statistics.median(times), 2),
         "all_seconds": [round(t, 2) for t in times],
         "working_mb": round(statistics.median(work)),
@@ -130,16 +145,26 @@ def main() -> None:
     ap.add_argument("--mfn", nargs="+", default=["full", "1024", "4096"])
     ap.add_argument("--memory-budget", type=int, default=None)
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--backward", choices=["explicit", "generic"], default="explicit")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one is not None:
         mfn = None if args.one == "full" else int(args.one)
-        res = one(args.n_pos, mfn, args.threads, args.repeat, args.memory_budget, args.profile)
+        res = one(
+            args.n_pos,
+            mfn,
+            args.threads,
+            args.repeat,
+            args.memory_budget,
+            args.profile,
+            args.backward,
+        )
         print(json.dumps(res))
         return
     for m in args.mfn:
         cmd = [sys.executable, __file__, "--one", m, "--threads", str(args.threads)]
         cmd += ["--repeat", str(args.repeat), "--n-pos", str(args.n_pos)]
+        cmd += ["--backward", args.backward]
         if args.memory_budget is not None:
             cmd += ["--memory-budget", str(args.memory_budget)]
         if args.profile:

@@ -7,7 +7,12 @@ input and of a zero *source* added at its transcoder output hook, with the recor
 scales substituted, the MLP output replaced by its clean value (only a skip transcoder's linear
 skip path left live) and ``z = pattern @ v`` given a fast batched backward
 (``_frozen_attention``). That function is affine, so its vector-Jacobian product, taken once per
-block with ``torch.func.vjp``, gives exact direct effects.
+block with ``torch.func.vjp``, gives exact direct effects. For the block shapes it knows
+(pre-norm blocks in float32/float64, the transcoder hooks of the public releases) the same
+transpose is applied as explicit batched matrix products instead (``_transpose``: no autograd
+engine per slice, every product on the slice's causal cone of positions); each such transpose is
+checked once per trace against the block's VJP on random directions, and a block that disagrees
+or is of another shape keeps the VJP.
 
 A batch of targets (feature encoder directions at their input hook, demeaned unembedding columns at
 the unembedding's input) is propagated block by block from the batch's highest layer down, with
@@ -31,6 +36,7 @@ import logging
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
+from itertools import pairwise
 from typing import Any
 
 import torch
@@ -38,6 +44,7 @@ from torch.func import vjp, vmap
 from transformer_lens import HookedTransformer
 
 from sae_circuits.attribution._frozen_attention import frozen_mix
+from sae_circuits.attribution._transpose import BlockTranspose, block_transpose, check_transpose
 from sae_circuits.core.hooks import HookSite, scoped_hooks
 from sae_circuits.graph import NodeLayout
 from sae_circuits.replacement_model import CleanRun, ReplacementSemantics, clean_run
@@ -107,6 +114,7 @@ class Trace:
     encoders: torch.Tensor
     transcoders_info: dict[str, Any]
     _vjps: list[Callable]  # per block: (d out, d x_in) -> (d block input, d source)
+    _transposes: list[BlockTranspose | None]  # per block: its explicit transpose, if known
     _out_shapes: list[torch.Size]  # per block: its output (the unembed input for the last)
     _in_shapes: list[torch.Size]  # per block: the transcoder input
     _writers: list[list[_WriterGroup]]
@@ -230,6 +238,23 @@ class Trace:
         hook: str | None = None,
     ) -> None:
         """One slice of :meth:`row_slices`, written into ``out`` (zeros, its layout)."""
+        top = int(layers.max())
+        below = self._transposes[: min(top, self.n_layers - 1) + 1]
+        if hook is None and all(t is not None for t in below):
+            explicit: list[BlockTranspose] = below  # type: ignore[assignment]
+            if not all(t.causal for t in explicit):
+                self._rows_explicit(layers, positions, vectors, out, n_features, explicit)
+                return
+            for band in _position_bands(positions):
+                if len(band) == len(layers):
+                    self._rows_explicit(layers, positions, vectors, out, n_features, explicit)
+                    return
+                part = out.new_zeros(len(band), out.shape[1])
+                self._rows_explicit(
+                    layers[band], positions[band], vectors[band], part, n_features, explicit
+                )
+                out[band.to(out.device)] = part
+            return
         n_layers, n = self.n_layers, self.n_pos
         device, dtype, acc = self.errors.device, self.dtype, self.errors.dtype
         layers, positions = layers.to(device), positions.to(device)
@@ -272,6 +297,61 @@ class Trace:
         if grad is not None:  # hook_embed adds straight into block 0's input
             base = n_features + n_layers * n
             out[:, base : base + n] = _per_position_dot(grad[:, 0].to(acc), self.embeds)
+
+    def _rows_explicit(
+        self,
+        layers: torch.Tensor,
+        positions: torch.Tensor,
+        vectors: torch.Tensor,
+        out: torch.Tensor,
+        n_features: int,
+        transposes: Sequence[BlockTranspose],
+    ) -> None:
+        """:meth:`_rows` with every block's explicit transpose (``_transpose``), no autograd.
+
+        With causal patterns the gradients live on the first ``m`` positions (one past the
+        slice's last target position) in every block: everything runs on ``m`` positions.
+        """
+        n_layers, n = self.n_layers, self.n_pos
+        device, dtype, acc = self.errors.device, self.dtype, self.errors.dtype
+        layers, positions = layers.to(device), positions.to(device)
+        vectors = vectors.to(device, dtype)
+        batch, top = len(layers), int(layers.max())
+        m = int(positions.max()) + 1 if all(t.causal for t in transposes) else n
+        bidx = torch.arange(batch, device=device)
+
+        def injected(width: int, mask: torch.Tensor) -> torch.Tensor | None:
+            if not bool(mask.any()):
+                return None
+            inject = torch.zeros((batch, m, width), dtype=dtype, device=device)
+            inject[bidx[mask], positions[mask]] = vectors[mask]
+            return inject
+
+        grad: torch.Tensor | None = None
+        for layer in range(min(top, n_layers - 1), -1, -1):
+            g_out = grad
+            if layer == n_layers - 1:
+                logit = injected(int(self._out_shapes[layer][-1]), layers == n_layers)
+                if logit is not None:
+                    g_out = logit if g_out is None else g_out + logit
+            if g_out is None:
+                g_out = torch.zeros(
+                    (batch, m, int(self._out_shapes[layer][-1])), dtype=dtype, device=device
+                )
+            g_x = injected(int(self._in_shapes[layer][-1]), layers == layer)
+            grad, g_src = transposes[layer](g_out, g_x)
+            if layer == top:  # the targets read this block's MLP input
+                continue
+            g = g_src.to(acc)
+            if m < n:  # the writers' positions index the whole prompt
+                g = torch.nn.functional.pad(g, (0, 0, 0, n - m))
+            for group in self._writers[layer]:
+                out.index_add_(1, group.cols, group.contract(g))
+            base = n_features + layer * n
+            out[:, base : base + m] = _per_position_dot(g[:, :m], self.errors[layer, :m])
+        if grad is not None:  # hook_embed adds straight into block 0's input
+            base = n_features + n_layers * n
+            out[:, base : base + m] = _per_position_dot(grad.to(acc), self.embeds[:m])
 
 
 @dataclass(frozen=True)
@@ -402,6 +482,7 @@ def trace(
         if site.name not in {s.name for s in extras[site.layer]}:
             extras[site.layer].append(site)
     vjps, out_shapes, in_shapes, extra_shapes = [], [], [], []
+    transposes: list[BlockTranspose | None] = []
     extra_values: dict[str, torch.Tensor] = {}
     final = None
     for layer in range(n_layers):
@@ -414,6 +495,13 @@ def trace(
         with torch.no_grad():
             (out, x_in, *ext), vjp_fn = vjp(block, resid, torch.zeros_like(cache[f"out{layer}"]))  # type: ignore[misc]
         vjps.append(vjp_fn)
+        transposes.append(
+            None
+            if extras[layer]
+            else _checked_transpose(
+                model, resolved, layer, cache, vjp_fn, out.shape, x_in.shape, frozen_heads
+            )
+        )
         out_shapes.append(out.shape)
         in_shapes.append(x_in.shape)
         extra_shapes.append([e.shape for e in ext])
@@ -449,6 +537,7 @@ def trace(
         encoders=encoders,
         transcoders_info=ts.describe(),
         _vjps=vjps,
+        _transposes=transposes,
         _out_shapes=out_shapes,
         _in_shapes=in_shapes,
         _writers=writers,
@@ -458,6 +547,43 @@ def trace(
         _unembed=model.W_U.detach(),
         _chunk=chunk,
     )
+
+
+def _checked_transpose(
+    model: HookedTransformer,
+    resolved: ResolvedTranscoders,
+    layer: int,
+    cache: Mapping[str, torch.Tensor],
+    vjp_fn: Callable,
+    out_shape: torch.Size,
+    in_shape: torch.Size,
+    frozen_heads: Mapping[int, Collection[int]] | None,
+) -> BlockTranspose | None:
+    """Block ``layer``'s explicit transpose if it has one and it agrees with the block's VJP.
+
+    The check (two random directions, once per trace) guards against a block whose shape
+    :func:`block_transpose` misreads: float32 rounding differs by ~1e-6, a misread block by ~1.
+    """
+    transpose = block_transpose(
+        model, resolved, layer, cache, frozen_heads=(frozen_heads or {}).get(layer, ())
+    )
+    if transpose is None:
+        return None
+    err = check_transpose(transpose, vjp_fn, out_shape, in_shape, seed=layer)
+    if not err <= _TRANSPOSE_TOLERANCE:
+        logger.warning(
+            "block %d: its explicit transpose differs from its VJP by %.2g (relative); "
+            "the block keeps the generic backward",
+            layer,
+            err,
+        )
+        return None
+    return transpose
+
+
+#: The explicit transpose must agree with the VJP to this relative difference (float32 rounding
+#: over a few products of widths in the thousands stays below 1e-5; a misread block is off by ~1).
+_TRANSPOSE_TOLERANCE = 1e-4
 
 
 class _FrozenBlock:
@@ -585,6 +711,29 @@ def _default_budget(device: torch.device) -> int:
         avail = _mem_available()
         return 2**30 if avail is None else int(min(2**30, max(2**25, avail // 8)))
     return 2**30
+
+
+def _position_bands(
+    positions: torch.Tensor, *, rows: int = 128, max_bands: int = 8
+) -> list[torch.Tensor]:
+    """Split a slice of targets into bands of nearby positions (indices into the slice).
+
+    A band of targets at positions ``< m`` runs every block on ``m`` positions (the causal
+    cone): cutting a slice whose targets span the prompt into bands by position roughly
+    halves the work. Bands hold at least ``rows`` targets (so that each product stays large)
+    and there are at most ``max_bands``; targets at one position are never split.
+    """
+    k = max(1, min(max_bands, len(positions) // rows))
+    if k == 1:
+        return [torch.arange(len(positions))]
+    pos, order = torch.sort(positions.cpu(), stable=True)
+    cuts = [0]
+    for i in range(1, k):
+        cut = int(torch.searchsorted(pos, pos[i * len(pos) // k]))  # the start of that position
+        if cut > cuts[-1]:
+            cuts.append(cut)
+    cuts.append(len(pos))
+    return [order[a:b] for a, b in pairwise(cuts) if b > a]
 
 
 def _per_position_dot(g: torch.Tensor, vecs: torch.Tensor) -> torch.Tensor:

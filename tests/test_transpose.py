@@ -1,0 +1,201 @@
+"""The frozen blocks' explicit transposes (``_transpose``) against their VJPs and the generic path.
+
+Attribution carries targets' gradients down the frozen blocks with explicit matrix products
+where it knows the block's shape, and with ``torch.func.vjp`` of the replayed block otherwise.
+Both must give the same rows: here every tiny architecture and transcoder kind is checked block
+by block (the transpose against the VJP on random directions), graph by graph (explicit and
+generic paths, with and without position bands), and the fallbacks are exercised.
+"""
+
+from __future__ import annotations
+
+import logging
+from itertools import pairwise
+
+import pytest
+import torch
+
+import sae_circuits as sc
+from sae_circuits.attribution import _backward
+from sae_circuits.attribution._backward import trace
+from sae_circuits.attribution._transpose import block_transpose, check_transpose
+from sae_circuits.core.prompts import to_tokens
+from sae_circuits.toy import tiny_clt, tiny_model, tiny_transcoders
+from sae_circuits.transcoders._fit import check_compatible
+
+from .conftest import KINDS, PROMPT, build
+from .tolerance import F64_EPS, RTOL, assert_close
+
+ARCHS4 = ("gpt2", "llama", "gemma2", "gemma3")
+
+
+def _setup(arch: str, kind: str, *, dtype: torch.dtype = torch.float32):
+    """A tiny model and its transcoders (``kind="clt"``: a cross-layer transcoder)."""
+    if arch == "gemma3":
+        model = tiny_model("gemma3", seed=0)
+        tcs = tiny_transcoders(model, "relu" if kind == "clt" else kind, seed=0)  # type: ignore[arg-type]
+    else:
+        model, tcs = build(arch, "relu" if kind == "clt" else kind)
+    source = tiny_clt(tcs, seed=0) if kind == "clt" else tcs
+    if dtype != torch.float32:
+        model = model.to(dtype)
+        source = [t.to(dtype=dtype) for t in source] if isinstance(source, list) else source
+    return model, sc.load_transcoders(source)
+
+
+def _generic(monkeypatch) -> None:
+    """Make every block keep the generic VJP path."""
+    monkeypatch.setattr(_backward, "_checked_transpose", lambda *args: None)
+
+
+@pytest.mark.parametrize("kind", (*KINDS, "clt"))
+@pytest.mark.parametrize("arch", ARCHS4)
+def test_every_tiny_block_has_an_explicit_transpose_equal_to_its_vjp(arch, kind):
+    model, ts = _setup(arch, kind)
+    tr = trace(model, to_tokens(model, PROMPT), check_compatible(model, ts))
+    assert all(t is not None for t in tr._transposes), "every tiny block is a known shape"
+    assert all(t.causal for t in tr._transposes if t is not None)
+    has_skip = kind in ("skip", "jumprelu_skip")
+    assert all((t.w_skip is not None) == has_skip for t in tr._transposes if t is not None)
+    for layer, tp in enumerate(tr._transposes):
+        assert tp is not None
+        err = check_transpose(
+            tp, tr._vjps[layer], tr._out_shapes[layer], tr._in_shapes[layer], seed=100 + layer
+        )
+        # products of widths <= 96 over one block: a few ulps of the largest entry
+        assert err <= RTOL, (layer, err)
+
+
+def test_float64_transpose_agrees_to_float64_rounding():
+    model, ts = _setup("gemma2", "jumprelu_skip", dtype=torch.float64)
+    tr = trace(model, to_tokens(model, PROMPT), check_compatible(model, ts))
+    for layer, tp in enumerate(tr._transposes):
+        assert tp is not None
+        err = check_transpose(tp, tr._vjps[layer], tr._out_shapes[layer], tr._in_shapes[layer])
+        assert err <= 1e4 * F64_EPS, (layer, err)  # ~2e-12: float32 work would show as ~1e-7
+
+
+@pytest.mark.parametrize("kind", ("relu", "jumprelu_skip", "clt"))
+@pytest.mark.parametrize("arch", ARCHS4)
+def test_explicit_and_generic_paths_give_the_same_graph(arch, kind, monkeypatch):
+    model, ts = _setup(arch, kind)
+    explicit = sc.attribute(model, PROMPT, ts, batch_size=64)
+    _generic(monkeypatch)
+    generic = sc.attribute(model, PROMPT, ts, batch_size=64)
+    assert explicit.nodes.equals(generic.nodes)
+    assert_close(explicit.adjacency, generic.adjacency, what="explicit vs generic transpose")
+
+
+def test_frozen_heads_are_zero_in_the_explicit_transpose():
+    """Head loadings freeze heads: the transpose masks them, and agrees with the masked VJP."""
+    model, ts = _setup("llama", "relu")
+    resolved = check_compatible(model, ts)
+    frozen = {0: [1, 3], 2: [0]}
+    tr = trace(model, to_tokens(model, PROMPT), resolved, frozen_heads=frozen)
+    for layer, tp in enumerate(tr._transposes):
+        assert tp is not None
+        if layer in frozen:
+            assert tp.head_mask is not None
+            assert tp.head_mask.tolist() == [0.0 if h in frozen[layer] else 1.0 for h in range(4)]
+        else:
+            assert tp.head_mask is None
+        err = check_transpose(tp, tr._vjps[layer], tr._out_shapes[layer], tr._in_shapes[layer])
+        assert err <= RTOL
+    plain = trace(model, to_tokens(model, PROMPT), resolved)
+    assert plain._transposes[0] is not None
+    g = torch.randn(2, *plain._out_shapes[0][1:], generator=torch.Generator().manual_seed(0))
+    frozen_all = trace(
+        model, to_tokens(model, PROMPT), resolved, frozen_heads={0: [0, 1, 2, 3]}
+    )._transposes[0]
+    assert frozen_all is not None
+    g_in, _ = frozen_all(g, None)
+    assert torch.equal(g_in, g), "with every head frozen, only the residual path remains"
+
+
+def test_position_bands_give_the_same_rows():
+    """A slice cut into bands of positions (each on its causal cone) equals the whole slice."""
+    model = tiny_model("llama", seed=3, n_ctx=96)
+    ts = sc.load_transcoders(tiny_transcoders(model, "relu", seed=3))
+    resolved = check_compatible(model, ts)
+    words = [f"t{2 + (7 * i) % 60}" for i in range(80)]
+    tr = trace(model, to_tokens(model, " ".join(words)), resolved)
+    sel = torch.arange(tr.n_active)
+    layers, positions, vectors = tr.feature_layer[sel], tr.feature_pos[sel], tr.encoder_vectors(sel)
+    bands = _backward._position_bands(positions, rows=16, max_bands=8)
+    assert len(bands) > 2
+    assert torch.equal(torch.sort(torch.cat(bands)).values, sel)
+    for a, b in pairwise(bands):  # ordered by position, never split
+        assert int(positions[a].max()) < int(positions[b].min())
+    width = tr.n_sources
+    whole = torch.zeros(len(sel), width)
+    tr._rows_explicit(layers, positions, vectors, whole, tr.n_active, tr._transposes)  # type: ignore[arg-type]
+    banded = torch.zeros(len(sel), width)
+    for band in bands:
+        part = torch.zeros(len(band), width)
+        tr._rows_explicit(
+            layers[band],
+            positions[band],
+            vectors[band],
+            part,
+            tr.n_active,
+            tr._transposes,  # type: ignore[arg-type]
+        )
+        banded[band] = part
+    assert float(whole.abs().max()) > 0
+    assert_close(banded, whole, what="rows in position bands")
+
+
+def test_a_transpose_that_disagrees_falls_back_with_a_warning(monkeypatch, caplog):
+    """A misread block (here: a transpose with a wrong output matrix) keeps the generic path."""
+    import dataclasses
+
+    from sae_circuits.attribution import _transpose
+
+    model, ts = _setup("gpt2", "relu")
+    reference = sc.attribute(model, PROMPT, ts, batch_size=64)
+
+    def misread(*args, **kwargs):
+        tp = block_transpose(*args, **kwargs)
+        if tp is None or args[2] != 1:
+            return tp
+        return dataclasses.replace(tp, w_o=tp.w_o * 1.5)
+
+    monkeypatch.setattr(_backward, "block_transpose", misread)
+    with caplog.at_level(logging.WARNING, logger=_backward.__name__):
+        tr = trace(model, to_tokens(model, PROMPT), check_compatible(model, ts))
+        graph = sc.attribute(model, PROMPT, ts, batch_size=64)
+    assert tr._transposes[1] is None and tr._transposes[0] is not None
+    assert any("block 1" in r.getMessage() for r in caplog.records)
+    assert_close(graph.adjacency, reference.adjacency, what="fallback block")
+    assert _transpose.block_transpose is not misread  # the module itself is untouched
+
+
+def test_blocks_the_transpose_does_not_know_keep_the_generic_path():
+    model, ts = _setup("llama", "relu", dtype=torch.bfloat16)
+    resolved = check_compatible(model, ts)
+    tr = trace(model, to_tokens(model, PROMPT), resolved)
+    assert all(t is None for t in tr._transposes), "half precision: norms compute in float32"
+    graph = sc.attribute(model, PROMPT, ts, batch_size=64)
+    assert graph.adjacency.nnz > 0
+    # hooks outside the mapped ones (an attention-output target) keep the generic path too
+    model, ts = _setup("gpt2", "relu")
+    resolved = check_compatible(model, ts)
+    from sae_circuits.core.hooks import resolve_hook
+
+    site = resolve_hook(model, "blocks.1.attn.hook_q")
+    tr = trace(model, to_tokens(model, PROMPT), resolved, target_hooks=[site])
+    assert tr._transposes[1] is None and tr._transposes[0] is not None
+
+
+def test_check_tolerance_separates_rounding_from_a_misread_block():
+    """The 1e-4 acceptance bound sits far above float32 rounding and far below a real error."""
+    assert _backward._TRANSPOSE_TOLERANCE > 10 * RTOL  # RTOL: 64 float32 ulps
+    model, ts = _setup("gemma2", "skip")
+    tr = trace(model, to_tokens(model, PROMPT), check_compatible(model, ts))
+    import dataclasses
+
+    tp = tr._transposes[0]
+    assert tp is not None
+    bad = dataclasses.replace(tp, w_skip=None)  # the skip path forgotten
+    err = check_transpose(bad, tr._vjps[0], tr._out_shapes[0], tr._in_shapes[0])
+    assert err > 100 * _backward._TRANSPOSE_TOLERANCE
