@@ -84,6 +84,7 @@ class MultilingualConfig:
 
     seed: int = 0
     held_out_pairs: int = 6
+    mixed: float = 0.5
     # model
     n_layers: int = 4
     d_model: int = 128
@@ -132,11 +133,13 @@ def _groups(world: MultilingualWorld) -> dict[str, list[MultilingualSentence]]:
     groups: dict[str, list[MultilingualSentence]] = defaultdict(list)
     for s in world.sentences():
         groups[s.split].append(s)
-        if s.task != "translation":
+        if s.task == "translation":
+            groups[f"{s.split}_translation"].append(s)
+        elif s.is_pure:
             groups[f"{s.split}_{s.task}_{s.language}"].append(s)
             groups[f"{s.split}_{s.task}"].append(s)
         else:
-            groups[f"{s.split}_translation"].append(s)
+            groups[f"{s.split}_{s.task}_mixed"].append(s)
     return dict(groups)
 
 
@@ -263,6 +266,7 @@ def save_model(
     meta = {
         "seed": tc.seed,
         "held_out_pairs": tc.held_out_pairs,
+        "mixed": tc.mixed,
         "held_out": {f"{t}_{lang}": sorted(v) for (t, lang), v in world.held_out.items()},
     }
     (folder / "world.json").write_text(json.dumps(meta, indent=1) + "\n")
@@ -297,8 +301,11 @@ def _contexts(world: MultilingualWorld, sentence: Sequence[int], position: Seque
             else None
         )
         task = s.task if s.task != "translation" or pos > 1 else None
-        # the prompt's language so far: for a translation, its source word's until the tag
-        language = s.language if s.task != "translation" or pos < 2 else s.target_language
+        # the current word's language (an adjective's, else the question's or the tag's)
+        if world.is_adjective(word):
+            language = world.word_info(word)[1]
+        else:
+            language = s.target_language
         out.append(
             {
                 "word": word,
@@ -405,7 +412,7 @@ def run(out: str | Path, tc: MultilingualConfig | None = None) -> dict[str, Any]
     tc = tc or MultilingualConfig()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    world = build_multilingual_world(seed=tc.seed, held_out_pairs=tc.held_out_pairs)
+    world = build_multilingual_world(seed=tc.seed, held_out_pairs=tc.held_out_pairs, mixed=tc.mixed)
     log: dict[str, Any] = {"config": dataclasses.asdict(tc), "model": [], "transcoders": []}
     timings: dict[str, float] = {}
     t0 = time.perf_counter()

@@ -168,7 +168,8 @@ class MultilingualSentence:
         text: Words separated by single spaces (the answer last).
         task: ``"opposite"``, ``"synonym"`` or ``"translation"``.
         language: Language of the adjective (for a translation, of the source word).
-        target_language: Language of the answer.
+        target_language: Language of the answer (and of the question's words; differs from
+            ``language`` in translations and mixed questions).
         subject: The adjective asked about.
         concept: Its pole's concept (``"small"``).
         answer: The last word.
@@ -195,8 +196,15 @@ class MultilingualSentence:
 
     @property
     def template(self) -> str:
-        """``"{task}_{language}"`` (translations: ``"translation"``)."""
-        return "translation" if self.task == "translation" else f"{self.task}_{self.language}"
+        """``"{task}_{language}"`` (translations: ``"translation"``; mixed: ``"{task}_mixed"``)."""
+        if self.task == "translation":
+            return "translation"
+        return f"{self.task}_{self.language if self.is_pure else 'mixed'}"
+
+    @property
+    def is_pure(self) -> bool:
+        """Whether the question and the adjective are in one language."""
+        return self.language == self.target_language
 
 
 @dataclass
@@ -206,10 +214,15 @@ class MultilingualWorld:
     Attributes:
         seed: Seed of the held-out choice.
         held_out: ``(task, language) -> pair indices`` held out of training.
+        mixed: Share of the *mixed* sentences trained (drawn with ``seed``; the others are
+            held out): a question in one language about an adjective of another, answered in
+            the question's language (``the opposite of petit is big``), so that the answer's
+            language is read from the question's words, not from the adjective.
     """
 
     seed: int = 0
     held_out: dict[tuple[str, str], frozenset[int]] = field(default_factory=dict)
+    mixed: float = 0.0
 
     def __post_init__(self) -> None:
         words = [w for w in self.vocabulary() if w not in SPECIAL]
@@ -263,6 +276,7 @@ class MultilingualWorld:
 
     def _build(self) -> list[MultilingualSentence]:
         out = []
+        rng = random.Random(self.seed + 1)
         for pair in PAIRS:
             for pole in pair:
                 other = self._poles[pole.opposite]
@@ -307,10 +321,40 @@ class MultilingualWorld:
                                     "train",
                                 )
                             )
+                        # mixed: a question in language ``target`` about a word of ``lang``,
+                        # answered in ``target``; a share ``mixed`` is trained, the others held
+                        # out (none for a held-out pair x task x language: it would leak it)
+                        for task, answer_pole, avi in (("opposite", other, vi), ("synonym", pole, 1 - vi)):  # fmt: skip
+                            for target in LANGUAGES:
+                                if target == lang:
+                                    continue
+                                kept = rng.random() < self.mixed
+                                held = self.held_out.get((task, target), frozenset()) | (
+                                    self.held_out.get((task, lang), frozenset())
+                                )
+                                if pole.pair in held:
+                                    continue
+                                answer = answer_pole.words[target][avi]
+                                out.append(
+                                    MultilingualSentence(
+                                        f"{prompt(task, target, word)} {answer}",  # type: ignore[arg-type]
+                                        task,  # type: ignore[arg-type]
+                                        lang,
+                                        target,
+                                        word,
+                                        pole.concept,
+                                        answer,
+                                        answer_pole.concept,
+                                        pole.pair,
+                                        "train" if kept else "heldout",
+                                    )
+                                )
         return out
 
 
-def build_multilingual_world(*, seed: int = 0, held_out_pairs: int = 6) -> MultilingualWorld:
+def build_multilingual_world(
+    *, seed: int = 0, held_out_pairs: int = 6, mixed: float = 0.5
+) -> MultilingualWorld:
     """The world, with ``held_out_pairs`` pairs per task and language held out.
 
     Pairs other than the demo's (``small`` / ``big``) are shuffled with ``seed`` and cut into
@@ -321,6 +365,7 @@ def build_multilingual_world(*, seed: int = 0, held_out_pairs: int = 6) -> Multi
     Args:
         seed: Seed of the shuffle.
         held_out_pairs: Pairs held out per task and language (at most 9).
+        mixed: Share of the mixed-language questions kept (see :class:`MultilingualWorld`).
 
     Returns:
         The :class:`MultilingualWorld`.
@@ -334,7 +379,7 @@ def build_multilingual_world(*, seed: int = 0, held_out_pairs: int = 6) -> Multi
     for i, lang in enumerate(LANGUAGES):
         held[("opposite", lang)] = groups[i]
         held[("synonym", lang)] = groups[(i + 1) % 3]
-    return MultilingualWorld(seed=seed, held_out=held)
+    return MultilingualWorld(seed=seed, held_out=held, mixed=mixed)
 
 
 def load_multilingual_world(*, folder: str | Path | None = None) -> MultilingualWorld:
@@ -352,7 +397,9 @@ def load_multilingual_world(*, folder: str | Path | None = None) -> Multilingual
 
     path = Path(folder) if folder is not None else TOY_MULTILINGUAL_DIR
     meta = json.loads((path / "world.json").read_text())
-    world = build_multilingual_world(seed=meta["seed"], held_out_pairs=meta["held_out_pairs"])
+    world = build_multilingual_world(
+        seed=meta["seed"], held_out_pairs=meta["held_out_pairs"], mixed=meta["mixed"]
+    )
     shipped = {k: sorted(v) for k, v in meta["held_out"].items()}
     if shipped != {f"{t}_{lang}": sorted(v) for (t, lang), v in world.held_out.items()}:
         raise ValueError("world.json's held-out pairs differ from build_multilingual_world's")
