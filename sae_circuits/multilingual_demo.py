@@ -19,13 +19,15 @@ prompts, and intervene:
 the clean feature activations of a *panel* (both tasks x three languages x the 60 main
 adjectives) are computed in the replacement model; a feature node of a prompt's graph belongs to
 
-* ``language`` (at the last position) if it is active on at least :data:`ACTIVE_SHARE` of the
+* ``language`` (at any position) if it is active there on at least :data:`ACTIVE_SHARE` of the
   panel prompts of that language (both tasks) and its mean activation on the other languages'
-  prompts is at most :data:`OFF_RATIO` of its mean on this language's;
+  prompts, at the position of the same role (adjective, task word, "of", last word; every
+  position for a word without counterpart), is at most :data:`OFF_RATIO` of its mean on this
+  language's;
 * ``small`` (at the adjective's position) if it is active on the small prompts (both tasks) of
   that language and on none of the big prompts; ``big`` likewise from the big prompt's graph;
-* ``opposite`` (from the task word to the last position) if it is active on at least
-  :data:`ACTIVE_SHARE` of the language's opposite prompts at that position and its mean
+* ``opposite`` (at any position) if active on at
+  least :data:`ACTIVE_SHARE` of the language's opposite prompts at that position and its mean
   activation on its synonym prompts there is at most :data:`OFF_RATIO` of that; ``synonym``
   likewise from the synonym prompt's graph;
 * ``say big``: features at the last position active in all three graphs with a positive direct
@@ -377,16 +379,14 @@ def find_supernodes(
             }
             feats = _contrast(on, off, adj)
             groups[name] = {k for k in _graph_features(graph, [adj]) if (k[0], k[2]) in feats}
-        # opposite / synonym: task word to last position, opposite prompts vs synonym prompts
-        positions = range(min(TASK_POS[lang], ADJ_POS[lang] + 1), last + 1)
+        # opposite / synonym: at every position, opposite prompts vs synonym prompts
+        positions = range(1, last + 1)
         for name, graph, on_task, off_task in (
             ("opposite", graphs[lang], "opposite", "synonym"),
             ("synonym", contrast_graphs[("synonym", lang)], "synonym", "opposite"),
         ):
             members: FeatureSet = set()
             for pos in positions:
-                if lang == "zh" and pos < TASK_POS[lang]:
-                    continue  # before the task word the two prompts are the same
                 feats = _contrast(panel[(on_task, lang)], panel[(off_task, lang)], pos)
                 members |= {k for k in _graph_features(graph, [pos]) if (k[0], k[2]) in feats}
             groups[name] = members
@@ -433,22 +433,32 @@ def _edges_into_answer(graph: AttributionGraph) -> dict[tuple[int, int, int], fl
 
 
 def _edge_table(
-    graphs: Mapping[str, AttributionGraph], supernodes: Mapping[str, Mapping[str, Supernode]]
+    graphs: Mapping[str, AttributionGraph],
+    supernodes: Mapping[str, Mapping[str, Supernode]],
+    prompts: Mapping[str, str],
 ) -> pd.DataFrame:
-    """Per language and supernode: edge weight into the answer logit and into ``say big``."""
+    """Per language and supernode (and the adjective's and task word's token nodes): the summed
+    direct edge into the answer logit, its share of the logit's absolute input, the edge into
+    ``say big`` and the influence on the answer (``w Â + w Â² + ...``, as pruning ranks nodes)."""
+    from sae_circuits.graph._pruning import node_influence
+
     rows = []
     for lang, g in graphs.items():
         logit = int(g.node_indices("logit")[0])
+        kinds = g.nodes["kind"].astype(str).to_numpy()
+        positions = g.nodes["position"].to_numpy()
         index = {
             (int(la), int(p), int(f)): i
             for i, (k, la, p, f) in enumerate(
-                zip(g.nodes["kind"], g.nodes["layer"], g.nodes["position"], g.nodes["feature"],
-                    strict=True)
+                zip(kinds, g.nodes["layer"], positions, g.nodes["feature"], strict=True)
             )
             if k == "feature"
-        }  # fmt: skip
+        }
         adj = g.adjacency.tocsr()  # type: ignore[union-attr]
-        incoming = np.abs(adj[[logit]].toarray()[0]).sum()
+        into = adj[[logit]].toarray()[0]
+        weights = np.zeros(g.n_nodes)
+        weights[logit] = 1.0
+        influence = node_influence(adj, weights)
         say = [
             index[k]
             for name, s in supernodes[lang].items()
@@ -456,22 +466,30 @@ def _edge_table(
             for k in s.features
             if k in index
         ]
+        groups: list[tuple[str, list[int]]] = []
         for name, s in supernodes[lang].items():
-            members = [index[k] for k in s.features if k in index]
-            if not members or name.startswith(("big", "synonym")):
+            if name.startswith(("big", "synonym")):
                 continue  # read from another prompt: no nodes in this graph
-            into_logit = float(adj[[logit]].toarray()[0][members].sum())
-            into_say = float(adj[say][:, members].sum()) if say else float("nan")
+            groups.append((name, [index[k] for k in s.features if k in index]))
+        tokens = ["<bos>", *prompts[lang].split()]
+        for role, pos in (("adjective", ADJ_POS[lang]), ("task word", TASK_POS[lang])):
+            node = [i for i in range(g.n_nodes) if kinds[i] == "token" and positions[i] == pos]
+            word = tokens[pos] if pos < len(tokens) else role
+            groups.append((f"token '{word}' ({role})", node))
+        for name, members in groups:
+            if not members:
+                continue
             rows.append(
                 {
                     "language": lang,
                     "supernode": name,
-                    "n_features": len(members),
-                    "edge_to_answer": into_logit,
+                    "n_nodes": len(members),
+                    "edge_to_answer": float(into[members].sum()),
                     "share_of_answer_input": float(
-                        np.abs(adj[[logit]].toarray()[0][members]).sum() / incoming
+                        np.abs(into[members]).sum() / np.abs(into).sum()
                     ),
-                    "edge_to_say_big": into_say,
+                    "edge_to_say_big": float(adj[say][:, members].sum()) if say else float("nan"),
+                    "influence": float(influence[members].sum()),
                 }
             )
     return pd.DataFrame(rows)
@@ -572,7 +590,13 @@ def run_multilingual_demo(
             for la, f, p in zip(feats["layer"], feats["feature"], feats["position"], strict=True)
         }
     return MultilingualReport(
-        kind, prompts, graphs, supernodes, experiments, _edge_table(graphs, supernodes), labels
+        kind,
+        prompts,
+        graphs,
+        supernodes,
+        experiments,
+        _edge_table(graphs, supernodes, prompts),
+        labels,
     )
 
 

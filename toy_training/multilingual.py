@@ -302,10 +302,7 @@ def _contexts(world: MultilingualWorld, sentence: Sequence[int], position: Seque
         )
         task = s.task if s.task != "translation" or pos > 1 else None
         # the current word's language (an adjective's, else the question's or the tag's)
-        if world.is_adjective(word):
-            language = world.word_info(word)[1]
-        else:
-            language = s.target_language
+        language = world.word_info(word)[1] if world.is_adjective(word) else s.target_language
         out.append(
             {
                 "word": word,
@@ -484,6 +481,42 @@ def _demo_summary(out: Path) -> dict[str, Any]:
     return result
 
 
+def measure(folders: Sequence[str | Path]) -> dict[str, Any]:
+    """Accuracies and the case study's experiments of trained folders, and their minimum.
+
+    Args:
+        folders: Output folders of :func:`run` (e.g. one per seed).
+
+    Returns:
+        ``{"runs": {folder: {"accuracy": ..., "demo": ...}}, "min": {...}}``: ``min`` holds, per
+        accuracy group, and per experiment x language x kind the probability of the expected
+        outcome after the intervention, the minimum over the folders.
+    """
+    from sae_circuits.toy.facts import model_from_files
+    from sae_circuits.toy.multilingual import load_multilingual_world
+
+    runs: dict[str, Any] = {}
+    for folder in folders:
+        model = model_from_files(folder)
+        world = load_multilingual_world(folder=folder)
+        runs[str(folder)] = {
+            "accuracy": evaluate(model, world),
+            "demo": _demo_summary(Path(folder)),
+        }
+    lows: dict[str, float] = {}
+    for run_ in runs.values():
+        for k, v in run_["accuracy"].items():
+            lows[f"accuracy/{k}"] = min(lows.get(f"accuracy/{k}", 1.0), v)
+        for kind, rep in run_["demo"].items():
+            for e in rep.get("experiments", []):
+                key = f"{kind}/{e['name']}/{e['language']}"
+                for field in ("expected_probability_after", "language_probability_after"):
+                    if field in e:
+                        lows[f"{key}/{field}"] = min(lows.get(f"{key}/{field}", 1.0), e[field])
+                lows[f"{key}/succeeded"] = min(lows.get(f"{key}/succeeded", 1.0), e["succeeded"])
+    return {"runs": runs, "min": dict(sorted(lows.items()))}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m toy_training.multilingual --out DIR``: train everything, save it to ``DIR``."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
@@ -495,6 +528,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--set", nargs="*", default=[], metavar="KEY=VALUE", help="override config fields"
     )
+    parser.add_argument(
+        "--measure",
+        nargs="*",
+        default=None,
+        metavar="FOLDER",
+        help="only measure trained folders (accuracies, experiments, minimum) into OUT (a JSON)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
@@ -504,6 +544,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         key, value = item.split("=", 1)
         kind = type(getattr(tc, key))
         setattr(tc, key, value.lower() in ("1", "true") if kind is bool else kind(value))
+    if args.measure is not None:
+        text = json.dumps(measure(args.measure), indent=1, ensure_ascii=False)
+        Path(args.out).write_text(text + "\n", encoding="utf-8")
+        return 0
     if args.seeds is None:
         run(args.out, tc)
         return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -65,10 +66,11 @@ def _multilingual(args: argparse.Namespace) -> int:
     for lang, groups in report.supernodes.items():
         parts = []
         for name, s in groups.items():
-            labels = {report.labels[lang].get(f"{la}_{f}_{p}", "") for la, p, f in s.features}
-            labels.discard("")
-            shown = f" [{', '.join(sorted(labels)[:2])}{', ...' if len(labels) > 2 else ''}]"
-            parts.append(f"{name}: {len(s)}{shown if labels else ''}")
+            counts = Counter(report.labels[lang].get(f"{la}_{f}_{p}") for la, p, f in s.features)
+            for key in [k for k in counts if k is None or k.startswith(("mixed", "dead"))]:
+                counts.pop(key)
+            top = ", ".join(f"{lab} x{n}" for lab, n in counts.most_common(2))
+            parts.append(f"{name}: {len(s)}" + (f" ({top}, ...)" if top else ""))
         print(f"  {lang}: " + "; ".join(parts))
     print("experiments (top 3 logits before -> after; attention free to respond):")
     for e in report.experiments:
@@ -83,12 +85,16 @@ def _multilingual(args: argparse.Namespace) -> int:
         print(f"  {e.name} [{e.language}] {e.prompt!r}: {what}")
         print(f"      before: {_fmt_top(before)}")
         print(f"      after:  {_fmt_top(after)}    expected {want}: {verdict}")
-    print("edges into the answer logit (direct, summed over the supernode's features):")
+    print(
+        "what drives the answer, by the graphs: direct edge into the answer logit (share of its "
+        "|input|), edge into 'say big', influence on the answer (all paths, as pruning ranks "
+        "nodes):"
+    )
     for _, row in report.edges.iterrows():
         print(
-            f"  {row['language']}  {row['supernode']:<18} {row['n_features']:>3} features  "
-            f"edge to answer {row['edge_to_answer']:+.3f} ({100 * row['share_of_answer_input']:.1f}% "
-            f"of its |input|), to 'say big' {row['edge_to_say_big']:+.3f}"
+            f"  {row['language']}  {row['supernode']:<26} {row['n_nodes']:>3} nodes  edge "
+            f"{row['edge_to_answer']:+.3f} ({100 * row['share_of_answer_input']:4.1f}%)  "
+            f"to say big {row['edge_to_say_big']:+.3f}  influence {row['influence']:.3f}"
         )
     if args.out is not None:
         folders = write_multilingual_graphs(report, args.out)

@@ -19,7 +19,8 @@ opposite of 'small' is" in English, French and Chinese.
   The opposite of a main word is the other pole's main word, of a synonym word the other
   pole's synonym word (``the opposite of little is huge``); the synonym of a main word is its
   synonym word and back. The Chinese-like language has another word order (the adjective
-  first) and its own task words. Translations (every word into both other languages, same
+  first, then its own task words ``反义词`` / ``近义词``), so its two tasks' prompts share their
+  first two words (in English and French-like they differ from the first word on). Translations (every word into both other languages, same
   pole and variant) tie the three vocabularies to shared concepts.
 * **Held out** (:meth:`MultilingualWorld.split`): per language, the opposite sentences of 6
   pairs and the synonym sentences of 6 other pairs are never trained on (disjoint across
