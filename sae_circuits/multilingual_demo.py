@@ -12,8 +12,9 @@ prompts, and intervene:
 3. **small -> big**: the "small" features off, the "big" features from "the opposite of big
    is" on -> ``small`` / ``petit`` / ``小``?
 4. **opposite -> synonym**: the "opposite" features off, the "synonym" features from "a synonym
-   of small is" on -> ``little`` / ``menu`` / ``微小``? Reported as measured, with the graph's
-   edge weights from each supernode into the answer.
+   of small is" on -> ``little`` / ``menu`` / ``微小``? Once with the supernodes from the task
+   word on (the case study's), once at every position. Reported as measured, with the graph's
+   edge weights and influence of each supernode on the answer.
 
 **How supernodes are found** (:func:`find_supernodes`; no feature id is written down anywhere):
 the clean feature activations of a *panel* (both tasks x three languages x the 60 main
@@ -26,10 +27,10 @@ adjectives) are computed in the replacement model; a feature node of a prompt's 
   language's;
 * ``small`` (at the adjective's position) if it is active on the small prompts (both tasks) of
   that language and on none of the big prompts; ``big`` likewise from the big prompt's graph;
-* ``opposite`` (at any position) if active on at
-  least :data:`ACTIVE_SHARE` of the language's opposite prompts at that position and its mean
-  activation on its synonym prompts there is at most :data:`OFF_RATIO` of that; ``synonym``
-  likewise from the synonym prompt's graph;
+* ``opposite`` (from the task word to the last position; ``opposite, every position``: at any
+  position) if active on at least :data:`ACTIVE_SHARE` of the language's opposite prompts at
+  that position and its mean activation on its synonym prompts there is at most
+  :data:`OFF_RATIO` of that; ``synonym`` likewise from the synonym prompt's graph;
 * ``say big``: features at the last position active in all three graphs with a positive direct
   edge into the answer logit in each, of at least a tenth of the largest such edge.
 
@@ -108,7 +109,8 @@ class MultilingualExperiment:
 
     Attributes:
         name: ``"language off"``, ``"French off, Chinese on"``, ``"small -> big"``,
-            ``"opposite -> synonym"``.
+            ``"opposite -> synonym"`` (from the task word on), ``"opposite -> synonym, every
+            position"``.
         language: Language of the prompt.
         prompt: The prompt intervened on.
         removed: The supernode turned off.
@@ -289,11 +291,14 @@ def _contrast(
 
 
 def _graph_features(graph: AttributionGraph, positions: Sequence[int]) -> FeatureSet:
-    feats = graph.nodes[graph.nodes["kind"] == "feature"]
-    feats = feats[feats["position"].isin(list(positions))]
+    nodes = graph.nodes
+    keep = set(positions)
     return {
         (int(la), int(p), int(f))
-        for la, p, f in zip(feats["layer"], feats["position"], feats["feature"], strict=True)
+        for k, la, p, f in zip(
+            nodes["kind"], nodes["layer"], nodes["position"], nodes["feature"], strict=True
+        )
+        if k == "feature" and int(p) in keep
     }
 
 
@@ -379,17 +384,19 @@ def find_supernodes(
             }
             feats = _contrast(on, off, adj)
             groups[name] = {k for k in _graph_features(graph, [adj]) if (k[0], k[2]) in feats}
-        # opposite / synonym: at every position, opposite prompts vs synonym prompts
-        positions = range(1, last + 1)
-        for name, graph, on_task, off_task in (
-            ("opposite", graphs[lang], "opposite", "synonym"),
-            ("synonym", contrast_graphs[("synonym", lang)], "synonym", "opposite"),
-        ):
-            members: FeatureSet = set()
-            for pos in positions:
-                feats = _contrast(panel[(on_task, lang)], panel[(off_task, lang)], pos)
-                members |= {k for k in _graph_features(graph, [pos]) if (k[0], k[2]) in feats}
-            groups[name] = members
+        # opposite / synonym: opposite prompts vs synonym prompts, from the task word on (the
+        # case study's supernode) and at every position (in English and French-like the
+        # prompts differ from their first word on: "the" / "a", "le" / "un")
+        for suffix, first in (("", TASK_POS[lang]), (", every position", 1)):
+            for name, graph, on_task, off_task in (
+                ("opposite", graphs[lang], "opposite", "synonym"),
+                ("synonym", contrast_graphs[("synonym", lang)], "synonym", "opposite"),
+            ):
+                members: FeatureSet = set()
+                for pos in range(first, last + 1):
+                    feats = _contrast(panel[(on_task, lang)], panel[(off_task, lang)], pos)
+                    members |= {k for k in _graph_features(graph, [pos]) if (k[0], k[2]) in feats}
+                groups[name + suffix] = members
         out[lang] = {
             f"{name} ({lang})": Supernode(f"{name} ({lang})", tuple(sorted(m)))
             for name, m in groups.items()
@@ -472,7 +479,10 @@ def _edge_table(
                 continue  # read from another prompt: no nodes in this graph
             groups.append((name, [index[k] for k in s.features if k in index]))
         tokens = ["<bos>", *prompts[lang].split()]
-        for role, pos in (("adjective", ADJ_POS[lang]), ("task word", TASK_POS[lang])):
+        roles = [("adjective", ADJ_POS[lang]), ("task word", TASK_POS[lang])]
+        if ADJ_POS[lang] != 1:
+            roles.append(("first word", 1))  # "the" / "le": already differs between the tasks
+        for role, pos in roles:
             node = [i for i in range(g.n_nodes) if kinds[i] == "token" and positions[i] == pos]
             word = tokens[pos] if pos < len(tokens) else role
             groups.append((f"token '{word}' ({role})", node))
@@ -578,8 +588,10 @@ def run_multilingual_demo(
             contrast_prompts[("big", lang)], world.word(DEMO_ADJECTIVE, lang))  # fmt: skip
     for lang in LANGUAGES:
         sn = supernodes[lang]
-        run("opposite -> synonym", lang, sn.get(f"opposite ({lang})"), sn.get(f"synonym ({lang})"),
-            contrast_prompts[("synonym", lang)], world.word(DEMO_ADJECTIVE, lang, "synonym"))  # fmt: skip
+        for suffix in ("", ", every position"):
+            run(f"opposite -> synonym{suffix}", lang, sn.get(f"opposite{suffix} ({lang})"),
+                sn.get(f"synonym{suffix} ({lang})"), contrast_prompts[("synonym", lang)],
+                world.word(DEMO_ADJECTIVE, lang, "synonym"))  # fmt: skip
     labels: dict[str, dict[str, str]] = {}
     for lang, g in graphs.items():
         feats = g.nodes[g.nodes["kind"] == "feature"]

@@ -30,26 +30,27 @@ from sae_circuits.toy.multilingual import (
 #: language x task; probabilities: absolute).
 ACCURACY_MARGIN = 0.1
 PROBABILITY_MARGIN = 0.1
-#: Minimum over seeds 0-2 of the held-out accuracy per task and language (docs/multilingual.md).
+#: Minimum over seeds 0-2 of the held-out accuracy per task and language (docs/multilingual.md;
+#: the shipped seed 0 is at 0.79-1.0, seed 2 at 0.21-0.54: generalisation to unseen pair x
+#: language x task combinations depends on the seed).
 HELDOUT_MIN = {
-    ("opposite", "en"): 0.0,
-    ("opposite", "fr"): 0.0,
-    ("opposite", "zh"): 0.0,
-    ("synonym", "en"): 0.0,
-    ("synonym", "fr"): 0.0,
-    ("synonym", "zh"): 0.0,
+    ("opposite", "en"): 0.375,
+    ("opposite", "fr"): 0.458,
+    ("opposite", "zh"): 0.292,
+    ("synonym", "en"): 0.542,
+    ("synonym", "fr"): 0.5,
+    ("synonym", "zh"): 0.208,
 }
-#: Minimum over seeds of the probability of the expected outcome after each experiment.
-EXPERIMENT_MIN = {
-    # French off: total probability of French-like words (it falls from ~1)
-    "language off/fr": 0.0,
-    # French off, Chinese on: total probability of Chinese-like words
-    "French off, Chinese on/fr": 0.0,
-    # "small" -> "big": probability of the small concept's words in the prompt's language
-    "small -> big/en": 0.0,
-    "small -> big/fr": 0.0,
-    "small -> big/zh": 0.0,
-}
+#: Minimum over seeds of the held-out mixed questions' accuracy (both tasks).
+MIXED_MIN = 0.976
+#: French off: the largest total probability of French-like words left, over seeds (from ~1).
+FRENCH_OFF_MAX = 0.606
+#: French off, Chinese on: the smallest total probability of Chinese-like words, over seeds.
+FRENCH_TO_CHINESE_MIN = 0.99
+#: "small" -> "big": the smallest probability of the expected word (small / petit / 小).
+SMALL_TO_BIG_MIN = {"en": 0.999, "fr": 0.660, "zh": 0.998}
+#: "opposite" -> "synonym" at every position: the smallest probability of the synonym word.
+SYNONYM_EVERY_POSITION_MIN = {"en": 0.999, "fr": 0.998, "zh": 0.999}
 
 
 @functools.lru_cache(maxsize=1)
@@ -185,7 +186,7 @@ def test_accuracy_mixed_and_translation():
     for s in mixed_held:
         by_len.setdefault(len(s.prompt.split()), []).append(s)
     accs = [_accuracy(group) for group in by_len.values()]
-    assert min(accs) >= HELDOUT_MIN[("opposite", "fr")] - ACCURACY_MARGIN
+    assert min(accs) >= MIXED_MIN - ACCURACY_MARGIN
 
 
 # -- the case study ---------------------------------------------------------------------------
@@ -229,42 +230,44 @@ def test_supernodes_follow_the_rule():
 def test_french_off_leaves_french():
     exp = _experiment("language off", "fr")
     assert exp.language_probability("fr", after=False) > 0.9
-    after = exp.language_probability("fr")
-    assert after <= 1 - (EXPERIMENT_MIN["language off/fr"] - PROBABILITY_MARGIN)
-    # the concept survives: the answer is still "big", in another language
+    assert exp.language_probability("fr") <= FRENCH_OFF_MAX + PROBABILITY_MARGIN
+    # the concept survives: the answer is still "big", in some language
     big = sum(_concept_probability(exp, "big", lang) for lang in LANGUAGES)
-    assert big > 0.5
+    assert big > 0.9
 
 
 def test_french_off_chinese_on_answers_in_chinese():
     exp = _experiment("French off, Chinese on", "fr")
-    zh = exp.language_probability("zh")
-    assert zh >= EXPERIMENT_MIN["French off, Chinese on/fr"] - PROBABILITY_MARGIN
-    assert _concept_probability(exp, "big", "zh") > exp.language_probability("zh", after=False)
-    assert exp.succeeded  # the top answer is a Chinese-like word for "big"
+    assert exp.language_probability("zh", after=False) < 0.01
+    assert exp.language_probability("zh") >= FRENCH_TO_CHINESE_MIN - PROBABILITY_MARGIN
+    assert exp.succeeded  # the top answer is a Chinese-like word for "big" (大 or 巨大)
 
 
 @pytest.mark.parametrize("lang", LANGUAGES)
 def test_small_to_big_flips_the_antonym(lang):
     exp = _experiment("small -> big", lang)
     assert exp.probability(_world().word("big", lang), after=False) > 0.9
-    small = _concept_probability(exp, "small", lang)
-    assert small >= EXPERIMENT_MIN[f"small -> big/{lang}"] - PROBABILITY_MARGIN
+    assert exp.probability(exp.expected) >= SMALL_TO_BIG_MIN[lang] - PROBABILITY_MARGIN
     assert exp.succeeded
 
 
 @pytest.mark.parametrize("lang", LANGUAGES)
-def test_opposite_to_synonym_direction(lang):
-    """Swapping "opposite" for "synonym" features moves probability toward the synonym (in every
-    language) but is not asserted to win: it does not in English and French-like (see docs)."""
-    exp = _experiment("opposite -> synonym", lang)
+def test_opposite_to_synonym(lang):
+    """From the task word on, the swap wins in Chinese-like on every seed, and in English and
+    French-like only on one of three (not asserted); at every position it wins everywhere."""
     syn = _world().word("small", lang, "synonym")
-    assert exp.probability(syn) > exp.probability(syn, after=False)
+    exp = _experiment("opposite -> synonym", lang)
+    assert exp.probability(syn) >= exp.probability(syn, after=False)
+    if lang == "zh":
+        assert exp.succeeded
+    every = _experiment("opposite -> synonym, every position", lang)
+    assert every.probability(syn) >= SYNONYM_EVERY_POSITION_MIN[lang] - PROBABILITY_MARGIN
 
 
 def test_edges_explain_the_weak_task_word():
     """By the graphs, the adjective (its token and its features) drives the answer far more than
-    the task word and the "opposite" features do."""
+    the task word and the "opposite" features do (measured on the shipped seed: 0.90-0.98 vs
+    0.12-0.15 influence)."""
     edges = _report().edges
     for lang in LANGUAGES:
         rows = edges[edges["language"] == lang].set_index("supernode")
@@ -273,6 +276,11 @@ def test_edges_explain_the_weak_task_word():
         task = rows.filter(like="(task word)", axis=0)["influence"].sum()
         task += rows.loc[f"opposite ({lang})", "influence"]
         assert adjective > 2 * task, lang
+        # in English and French-like the first word carries as much of the task as the task word
+        if lang != "zh":
+            first = rows.filter(like="(first word)", axis=0)["influence"].sum()
+            word = rows.filter(like="(task word)", axis=0)["influence"].sum()
+            assert first > 0.5 * word, lang
 
 
 # -- the command line -------------------------------------------------------------------------
