@@ -447,7 +447,7 @@ def _edge_table(
     """Per language and supernode (and the adjective's and task word's token nodes): the summed
     direct edge into the answer logit, its share of the logit's absolute input, the edge into
     ``say big`` and the influence on the answer (``w Â + w Â² + ...``, as pruning ranks nodes)."""
-    from sae_circuits.graph._pruning import node_influence
+    from sae_circuits.graph import node_influence
 
     rows = []
     for lang, g in graphs.items():
