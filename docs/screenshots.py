@@ -11,8 +11,11 @@ folder, serves them on 127.0.0.1 (with the toy model for steering) and writes in
 * ``viewer_features.png``: the feature's dashboard (contexts, histogram, logit effects), built
   from the toy model's training corpus as ``sae-circuits demo -o`` builds them.
 
-Run: ``.venv/bin/python docs/screenshots.py [--out docs/images]`` (needs ``playwright`` and
-Debian's ``chromium``, as the browser tests do).
+With ``--case multilingual`` it takes only ``multilingual.png`` (docs/multilingual.md): the
+French-like graph of ``sae-circuits demo --case multilingual -o``, with its supernodes.
+
+Run: ``.venv/bin/python docs/screenshots.py [--out docs/images] [--case multilingual]`` (needs
+``playwright`` and Debian's ``chromium``, as the browser tests do).
 """
 
 from __future__ import annotations
@@ -77,6 +80,7 @@ def _shrink(out: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=str(Path(__file__).parent / "images"))
+    ap.add_argument("--case", choices=("dallas", "multilingual"), default="dallas")
     args = ap.parse_args(argv)
     from playwright.sync_api import sync_playwright
 
@@ -85,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.case == "multilingual":
+        return multilingual(out)
     with tempfile.TemporaryDirectory() as tmp, sync_playwright() as p:
         dallas, oakland, report = build(Path(tmp))
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
@@ -125,6 +131,35 @@ def main(argv: list[str] | None = None) -> int:
             browser.close()
     _shrink(out)
     print(f"screenshots in {out}")
+    return 0
+
+
+def multilingual(out: Path) -> int:
+    """``multilingual.png``: the French-like "opposite of small" graph with its supernodes."""
+    from playwright.sync_api import sync_playwright
+
+    from sae_circuits.multilingual_demo import run_multilingual_demo, write_multilingual_graphs
+
+    with tempfile.TemporaryDirectory() as tmp, sync_playwright() as p:
+        folders = write_multilingual_graphs(run_multilingual_demo(), Path(tmp))
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page(viewport={"width": 1600, "height": 1000})
+        try:
+            with served(folders["fr"]) as url:
+                page.goto(url)
+                page.wait_for_selector("body[data-ready]")
+                page.screenshot(path=str(out / "multilingual.png"))
+        finally:
+            browser.close()
+    try:
+        from PIL import Image
+    except ImportError:
+        pass
+    else:
+        path = out / "multilingual.png"
+        image = Image.open(path).convert("RGB")
+        image.quantize(colors=128, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)
+    print(f"screenshot {out / 'multilingual.png'}")
     return 0
 
 

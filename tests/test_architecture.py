@@ -32,6 +32,7 @@ FLOORS: dict[str, int] = {
     "viewer": 5,
     "batch": 5,
     "demo": 6,
+    "multilingual_demo": 6,
     "cli": 9,
     "supernodes": 7,
     "__init__": 8,

@@ -47,6 +47,8 @@ SHIPPED = {
     "qwen3-14b-lowl0",
     "toy-facts",
     "toy-facts-clt",
+    "toy-multilingual",
+    "toy-multilingual-clt",
 }
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "configs.md"
 
@@ -87,7 +89,7 @@ def test_shipped_configs_validate_against_saelens_and_transformerlens():
     for name, c in configs.items():
         assert c.name == name and c.path is not None and c.path.name == f"{name}.yaml"
         cfgs.check_saelens_source(c)  # real release, real sae_ids, Neuronpedia ids agree
-        if c.model != "toy-facts":
+        if c.model not in ("toy-facts", "toy-multilingual"):
             official = get_official_model_name(c.model)  # a TransformerLens model name
         src = c.source
         if isinstance(src, cfgs.SAELensSource):
@@ -498,11 +500,16 @@ def test_gated_repo_message(monkeypatch):
 def test_toy_configs(monkeypatch):
     from sae_circuits.toy.facts import toy_transcoders_path
 
-    for name, kind in (("toy-facts", "plt"), ("toy-facts-clt", "clt")):
+    for name, kind, toy in (
+        ("toy-facts", "plt", "toy-facts"),
+        ("toy-facts-clt", "clt", "toy-facts"),
+        ("toy-multilingual", "plt", "toy-multilingual"),
+        ("toy-multilingual-clt", "clt", "toy-multilingual"),
+    ):
         c = cfgs.get_config(name)
         assert isinstance(c.source, cfgs.LocalSource) and c.source.package == "sae_circuits.toy"
         folder = cfgs.package_folder("sae_circuits.toy") / c.source.path
-        assert folder == toy_transcoders_path(kind)  # type: ignore[arg-type]
+        assert folder == toy_transcoders_path(kind, name=toy)  # type: ignore[arg-type]
         if not folder.is_dir():
             with pytest.raises(FileNotFoundError, match=re.escape(str(folder))):
                 sc.load_transcoders(name)

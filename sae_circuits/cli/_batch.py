@@ -19,10 +19,10 @@ from typing import Any, cast
 
 from sae_circuits.cli._common import CLIError, Formatter, fraction, positive_int, short
 from sae_circuits.cli._loading import (
-    _TOY_FACTS_TRANSCODERS,
     TINY,
     load_model_by_name,
     load_transcoders_by_name,
+    toy_labels,
 )
 
 #: ``--keep`` choices (``sae_circuits.batch.KEEP_CHOICES``).
@@ -103,12 +103,7 @@ def _executor(args: argparse.Namespace) -> Any:
 
 
 def _labels(args: argparse.Namespace) -> dict[int, list[str]] | None:
-    kind = _TOY_FACTS_TRANSCODERS.get(args.transcoders)
-    if args.model != "toy-facts" or kind is None:
-        return None
-    from sae_circuits.toy.facts import load_toy_labels
-
-    return load_toy_labels(kind)  # type: ignore[arg-type]
+    return toy_labels(args.model, args.transcoders)
 
 
 def _write_tables(args: argparse.Namespace, store: Any) -> None:

@@ -17,6 +17,22 @@ TINY = "tiny"
 
 #: Transcoder configs of the toy-facts model, and which shipped labels fit them.
 _TOY_FACTS_TRANSCODERS = {"toy-facts": "plt", "toy-facts-clt": "clt"}
+#: Transcoder configs of every shipped toy model: name -> (model, kind of labels).
+_TOY_TRANSCODERS = {
+    **{k: ("toy-facts", v) for k, v in _TOY_FACTS_TRANSCODERS.items()},
+    "toy-multilingual": ("toy-multilingual", "plt"),
+    "toy-multilingual-clt": ("toy-multilingual", "clt"),
+}
+
+
+def toy_labels(model_name: str, transcoders: str) -> dict[int, list[str]] | None:
+    """The shipped labels of a toy model's transcoders (``None``: not a shipped toy pair)."""
+    entry = _TOY_TRANSCODERS.get(transcoders)
+    if entry is None or entry[0] != model_name:
+        return None
+    from sae_circuits.toy.facts import load_toy_labels
+
+    return load_toy_labels(entry[1], name=entry[0])  # type: ignore[arg-type]
 
 
 def _tiny_model() -> Any:
@@ -92,16 +108,13 @@ def load_transcoders_by_name(
 
 
 def feature_labels(model_name: str, transcoders: str, graph: AttributionGraph) -> dict[str, str]:
-    """Automatic labels (node id -> text) where the transcoders ship them (toy-facts)."""
-    kind = _TOY_FACTS_TRANSCODERS.get(transcoders)
-    if model_name != "toy-facts" or kind is None:
-        return {}
+    """Automatic labels (node id -> text) where the transcoders ship them (the toy models)."""
     try:
-        from sae_circuits.toy.facts import load_toy_labels
-
-        labels = load_toy_labels(kind)  # type: ignore[arg-type]
+        labels = toy_labels(model_name, transcoders)
     except Exception as e:  # labels are a nicety: never fail the run for them
         logging.getLogger(__name__).warning("no toy-facts feature labels: %s", e)
+        return {}
+    if labels is None:
         return {}
     out = {}
     feats = graph.nodes[graph.nodes["kind"] == "feature"]

@@ -50,6 +50,8 @@ logger = logging.getLogger(__name__)
 
 #: Name of the shipped toy model.
 TOY_MODEL = "toy-facts"
+#: Names of all shipped toy models (toy-multilingual: the multilingual case study).
+TOY_MODELS = ("toy-facts", "toy-multilingual")
 
 
 class ModelUnavailableError(FileNotFoundError):
@@ -87,7 +89,7 @@ def load_model(
             ``"google/gemma-3-270m"``), a transcoder config name or YAML file (its ``model``,
             with its ``model_kwargs``), a :class:`TranscoderSetConfig`, ``"toy-facts"`` (the
             shipped toy model, offline; the configs ``"toy-facts"`` / ``"toy-facts-clt"`` give it
-            too), or a local checkpoint of a Llama or text-only Gemma 3 model, offline: a
+            too) or ``"toy-multilingual"`` (its sibling of the multilingual case study), or a local checkpoint of a Llama or text-only Gemma 3 model, offline: a
             Hugging Face folder (``config.json``, ``*.safetensors``, tokenizer files) or a
             ``.gguf`` file (needs ``pip install 'sae-circuits[gguf]'``), as a path object or a
             string (a string is a path when it ends in ``.gguf``, is written as a path -- ``/``,
@@ -120,10 +122,10 @@ def load_model(
     """
     device = device or default_device()
     model_name, config_kwargs = _model_name(name)
-    if model_name == TOY_MODEL:
+    if model_name in TOY_MODELS:
         from sae_circuits.toy.facts import load_toy_model
 
-        model = load_toy_model(device=device)
+        model = load_toy_model(name=model_name, device=device)  # type: ignore[arg-type]
         if dtype is not None:
             model = model.to(_torch_dtype(dtype))
     elif is_local_checkpoint(model_name):

@@ -41,12 +41,16 @@ from sae_circuits.toy.world import World, build_world
 
 __all__ = [
     "TOY_FACTS_DIR",
+    "TOY_MULTILINGUAL_DIR",
+    "TOY_NAMES",
+    "ToyName",
     "load_toy_feature_info",
     "load_toy_labels",
     "load_toy_model",
     "load_toy_transcoders",
     "load_toy_world",
     "model_from_files",
+    "toy_dir",
     "toy_tokenizer",
     "toy_transcoders_path",
 ]
@@ -55,8 +59,30 @@ logger = logging.getLogger(__name__)
 
 #: Folder of the shipped weights.
 TOY_FACTS_DIR = Path(__file__).parent / "weights" / "toy-facts"
+#: Folder of the sibling model of the multilingual case study (:mod:`sae_circuits.toy.multilingual`).
+TOY_MULTILINGUAL_DIR = Path(__file__).parent / "weights" / "toy-multilingual"
 
 Kind = Literal["plt", "clt"]
+#: The shipped toy models.
+ToyName = Literal["toy-facts", "toy-multilingual"]
+TOY_NAMES: tuple[str, ...] = ("toy-facts", "toy-multilingual")
+
+
+def toy_dir(name: ToyName = "toy-facts") -> Path:
+    """Folder of a shipped toy model's files.
+
+    Args:
+        name: ``"toy-facts"`` or ``"toy-multilingual"``.
+
+    Returns:
+        The folder.
+    """
+    if name == "toy-facts":
+        return TOY_FACTS_DIR
+    if name == "toy-multilingual":
+        return TOY_MULTILINGUAL_DIR
+    raise ValueError(f"unknown toy model {name!r}; valid names: {', '.join(TOY_NAMES)}")
+
 
 #: Position of the city in ``"<bos> the capital of the state containing CITY is"``.
 CITY_POSITION = 7
@@ -94,7 +120,7 @@ def model_from_files(folder: str | Path, *, device: str = "cpu") -> HookedTransf
     """
     folder = Path(folder)
     cfg = json.loads((folder / "config.json").read_text())
-    vocab = json.loads((folder / "vocab.json").read_text())
+    vocab = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
     cfg = {**cfg, "device": device, "dtype": torch.float32}
     model = HookedTransformer(HookedTransformerConfig(**cfg))
     state = {k: v.to(torch.float32) for k, v in load_file(folder / "model.safetensors").items()}
@@ -109,75 +135,83 @@ def model_from_files(folder: str | Path, *, device: str = "cpu") -> HookedTransf
     return model
 
 
-def load_toy_model(*, device: str = "cpu") -> HookedTransformer:
-    """The shipped toy-facts model, with its tokenizer (offline).
+def load_toy_model(*, name: ToyName = "toy-facts", device: str = "cpu") -> HookedTransformer:
+    """A shipped toy model, with its tokenizer (offline).
 
     Args:
+        name: ``"toy-facts"`` (cities and capitals, the default) or ``"toy-multilingual"``
+            (antonyms and synonyms in three toy languages, ``docs/multilingual.md``).
         device: Device of the weights.
 
     Returns:
         A float32 4-layer GPT-2-style ``HookedTransformer`` in eval mode.
     """
-    return model_from_files(TOY_FACTS_DIR, device=device)
+    return model_from_files(toy_dir(name), device=device)
 
 
-def toy_transcoders_path(kind: Kind = "plt") -> Path:
+def toy_transcoders_path(kind: Kind = "plt", *, name: ToyName = "toy-facts") -> Path:
     """Folder of the shipped transcoders.
 
     Args:
         kind: ``"plt"`` (per-layer transcoders, ``layer_{i}/`` SAELens folders) or ``"clt"``
             (cross-layer transcoder, ``W_enc_{l}``/``W_dec_{l}`` safetensors + ``config.yaml``).
+        name: The toy model (``"toy-facts"`` or ``"toy-multilingual"``).
 
     Returns:
         The folder.
     """
     if kind not in ("plt", "clt"):
         raise ValueError(f"unknown transcoder kind {kind!r}; valid kinds: 'plt', 'clt'")
-    return TOY_FACTS_DIR / ("transcoders" if kind == "plt" else "clt")
+    return toy_dir(name) / ("transcoders" if kind == "plt" else "clt")
 
 
-def load_toy_transcoders(kind: Kind = "plt") -> Any:
+def load_toy_transcoders(kind: Kind = "plt", *, name: ToyName = "toy-facts") -> Any:
     """The shipped transcoders as a transcoder set (``sae_circuits.load_transcoders``).
 
     Args:
         kind: ``"plt"`` (four SAELens ``JumpReLUTranscoder``, 512 features each) or ``"clt"``
             (a cross-layer transcoder, 384 features per layer).
+        name: The toy model (``"toy-facts"`` or ``"toy-multilingual"``).
 
     Returns:
         A :class:`~sae_circuits.transcoders.sets.TranscoderSet` (float32, CPU).
     """
     from sae_circuits.transcoders import load_transcoders
 
-    return load_transcoders(toy_transcoders_path(kind))
+    return load_transcoders(toy_transcoders_path(kind, name=name))
 
 
-def load_toy_labels(kind: Kind = "plt") -> dict[int, list[str]]:
+def load_toy_labels(kind: Kind = "plt", *, name: ToyName = "toy-facts") -> dict[int, list[str]]:
     """Human-readable labels of the shipped transcoder features (computed at training time).
 
     Args:
         kind: ``"plt"`` or ``"clt"``.
+        name: The toy model (``"toy-facts"`` or ``"toy-multilingual"``).
 
     Returns:
         ``layer -> labels`` (index = feature), e.g. ``labels[0][320] == "texas (state of city)"``.
     """
-    return {int(k): v for k, v in _labels_file()[kind]["labels"].items()}
+    return {int(k): v for k, v in _labels_file(toy_dir(name))[kind]["labels"].items()}
 
 
-def load_toy_feature_info(kind: Kind = "plt") -> dict[int, list[dict[str, Any]]]:
+def load_toy_feature_info(
+    kind: Kind = "plt", *, name: ToyName = "toy-facts"
+) -> dict[int, list[dict[str, Any]]]:
     """Per-feature details behind the labels (place, top words and contexts, density, logit lens).
 
     Args:
         kind: ``"plt"`` or ``"clt"``.
+        name: The toy model (``"toy-facts"`` or ``"toy-multilingual"``).
 
     Returns:
         ``layer -> list of dicts`` (index = feature).
     """
-    return {int(k): v for k, v in _labels_file()[kind]["info"].items()}
+    return {int(k): v for k, v in _labels_file(toy_dir(name))[kind]["info"].items()}
 
 
-@lru_cache(maxsize=1)
-def _labels_file() -> dict[str, Any]:
-    return json.loads((TOY_FACTS_DIR / "labels.json").read_text())
+@lru_cache(maxsize=4)
+def _labels_file(folder: Path) -> dict[str, Any]:
+    return json.loads((folder / "labels.json").read_text(encoding="utf-8"))
 
 
 def load_toy_world() -> World:
