@@ -9,12 +9,15 @@ logits on a probe, the transcoders' files), the prompt ``SAVE.tokens.json`` and 
 model's logits vs ours, node-set agreement and the largest edge difference relative to the
 largest reference edge.
 
-Gemma 3: TL 2.18 builds one rotary table (``rotary_base``, 1,000,000) for every layer, while
-Gemma 3's local (sliding-window) layers use ``rotary_base_local`` (10,000). This script keeps the
-reference's own tables (our state dict's ``rotary_*`` buffers are not loaded), then rebuilds the
-local layers' ``rotary_sin`` / ``rotary_cos`` with the local base -- in this script, not in the
-package (``--no-rotary-patch`` runs it unpatched); it reports how many tables the patch changed
-and the reference model's logits against ours.
+Gemma 3: TL 2.18 itself builds the right rotary table per layer (``rotary_base_local`` 10,000 for
+the local, sliding-window layers; ``rotary_base`` 1,000,000 for the global ones), but
+circuit-tracer's ``_configure_replacement_model`` then runs ``_deduplicate_attention_buffers``,
+which shares the last block's table across all layers: every layer gets one base. This script
+gives each layer its own table again after that call -- in this script, not in the package
+(``--no-rotary-patch`` runs it unpatched) -- and reports how many layers that changed and the
+reference model's logits against ours. The transcoders read and write the hooks ours do
+(``hooks.json`` in the fixture); the context is cut to ``max(2048, TOKENS)`` (TL 2.18 keeps an
+``n_ctx`` x ``n_ctx`` mask per layer).
 """
 
 import argparse
@@ -58,7 +61,37 @@ def node_keys(nodes) -> list[str]:
     return keys
 
 
-def _load(fx: Path, patch_rotary: bool):
+def _per_layer_rotary(model, kw: dict) -> int:
+    """Give each layer its own rotary table again; returns how many layers it changed.
+
+    circuit-tracer's ``_deduplicate_attention_buffers`` (run by ``_configure_replacement_model``)
+    shares one ``rotary_sin``/``rotary_cos`` pair, the last block's, across all layers. Gemma 3's
+    local layers use ``rotary_base_local`` (10,000) and its global layers ``rotary_base``
+    (1,000,000), so after that call every layer has the table of the last layer's kind. Here each
+    layer gets a fresh table for its own base (new tensors: the shared one is not written to).
+    """
+    import torch
+
+    local_base = kw.get("rotary_base_local")
+    if local_base is None:
+        return 0
+    cfg = model.cfg
+    changed = 0
+    for block in model.blocks:
+        attn = block.attn
+        if not hasattr(attn, "rotary_sin"):
+            continue
+        base = local_base if attn.attn_type == "local" else cfg.rotary_base
+        sin, cos = attn.calculate_sin_cos_rotary(
+            cfg.rotary_dim, attn.rotary_sin.shape[0], base=base, dtype=cfg.dtype
+        )
+        changed += int(not torch.equal(sin, attn.rotary_sin))
+        attn.rotary_sin = sin
+        attn.rotary_cos = cos
+    return changed
+
+
+def _load(fx: Path, patch_rotary: bool, n_ctx: int):
     import torch
     from circuit_tracer.replacement_model.replacement_model_transformerlens import (
         TransformerLensReplacementModel,
@@ -72,30 +105,22 @@ def _load(fx: Path, patch_rotary: bool):
     kw = json.loads((fx / "model.json").read_text())
     known = set(HookedTransformerConfig.__dataclass_fields__)
     dropped = sorted(k for k in kw if k not in known)
+    # model.json stores the dtype as a string; TL 2.18 wants the torch dtype itself
+    kw["dtype"] = getattr(torch, kw.get("dtype") or "float32")
+    # TL 2.18 registers an n_ctx x n_ctx causal mask per layer (Gemma 3: 32,768^2 bytes = 1 GiB
+    # each); the prompt needs far less, and a shorter context changes nothing below n_ctx
+    kw["n_ctx"] = min(int(kw["n_ctx"]), max(2048, n_ctx))
     cfg = HookedTransformerConfig(**{k: v for k, v in kw.items() if k in known})
     model = TransformerLensReplacementModel(cfg)
     # the reference's own rotary tables, not ours: our state dict's rotary_* buffers are dropped
     sd = {
         k: v
         for k, v in load_file(fx / "model.safetensors").items()
-        if not k.endswith(("rotary_sin", "rotary_cos"))
+        if not k.endswith(("rotary_sin", "rotary_cos", "mask", "IGNORE"))
     }
     missing, unexpected = model.load_state_dict(sd, strict=False)
     bad = [k for k in missing if not k.endswith(("mask", "IGNORE", "rotary_sin", "rotary_cos"))]
     assert not unexpected and not bad, (bad, unexpected)
-    patched = 0  # local layers whose table the patch changed
-    local_base = kw.get("rotary_base_local")
-    attn_types = kw.get("attn_types") or []
-    if patch_rotary and local_base is not None:
-        for layer, block in enumerate(model.blocks):
-            attn = block.attn
-            if layer < len(attn_types) and attn_types[layer] == "local":
-                sin, cos = attn.calculate_sin_cos_rotary(
-                    cfg.rotary_dim, attn.rotary_sin.shape[0], base=local_base, dtype=cfg.dtype
-                )
-                patched += int(not torch.equal(sin, attn.rotary_sin))
-                attn.rotary_sin.copy_(sin)
-                attn.rotary_cos.copy_(cos)
     layers = {}
     for i in range(cfg.n_layers):
         w = load_file(fx / "transcoders" / f"layer_{i}.safetensors")
@@ -109,15 +134,41 @@ def _load(fx: Path, patch_rotary: bool):
             t.b_enc.copy_(w["b_enc"])
             t.b_dec.copy_(w["b_dec"])
         layers[i] = t
+    # the hooks our transcoders read and write, as ``blocks.{l}.``-relative names
+    hooks = json.loads((fx / "hooks.json").read_text()) if (fx / "hooks.json").exists() else {}
     tcs = TranscoderSet(
-        layers, feature_input_hook="mlp.hook_in", feature_output_hook="hook_mlp_out", scan="real"
+        layers,
+        feature_input_hook=hooks.get("input", "mlp.hook_in"),
+        feature_output_hook=hooks.get("output", "hook_mlp_out"),
+        scan="real",
     )
     model._configure_replacement_model(tcs)
+    patched = _per_layer_rotary(model, kw) if patch_rotary else 0
     sys.path.insert(0, "/work/shared/reference")
     from toy_tokenizer import toy_tokenizer
 
     model.tokenizer = toy_tokenizer(cfg.d_vocab)
     return model, dropped, patched
+
+
+def _csr_rows_cols(path: str, idx: np.ndarray) -> np.ndarray:
+    """Dense ``A[idx][:, idx]`` of a CSR matrix saved by ``scipy.sparse.save_npz`` (read with
+    numpy: the reference venv has no scipy)."""
+    z = np.load(path)
+    fmt = z["format"].item()
+    fmt = fmt.decode() if isinstance(fmt, bytes) else str(fmt)
+    assert fmt == "csr", fmt
+    data, indices, indptr = z["data"], z["indices"], z["indptr"]
+    n = int(z["shape"][1])
+    col = np.full(n, -1)
+    col[idx] = np.arange(len(idx))
+    out = np.zeros((len(idx), len(idx)), dtype=np.float64)
+    for i, r in enumerate(idx):
+        lo, hi = indptr[r], indptr[r + 1]
+        c = col[indices[lo:hi]]
+        keep = c >= 0
+        out[i, c[keep]] = data[lo:hi][keep]
+    return out
 
 
 def main() -> None:
@@ -134,7 +185,7 @@ def main() -> None:
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
     fx = OUT / f"ref-fixture-{a.fixture}"
     t0 = time.perf_counter()
-    model, dropped, patched = _load(fx, not a.no_rotary_patch)
+    model, dropped, patched = _load(fx, not a.no_rotary_patch, a.tokens)
     t_load = time.perf_counter() - t0
     probe = json.loads((fx / "logits.json").read_text())
     with torch.no_grad():
@@ -161,14 +212,11 @@ def main() -> None:
     lt = g.logit_token_ids if hasattr(g, "logit_token_ids") else g.logit_tokens
     keys += [f"logit:-1:{n_pos - 1}:{int(t)}" for t in lt]
     ref = g.adjacency_matrix.numpy()
-    from scipy import sparse
-
-    ours = sparse.load_npz(a.save + ".adj.npz").tocsr()
     our_keys = json.loads(Path(a.save + ".keys.json").read_text())
     pos = {k: i for i, k in enumerate(keys)}
     io = np.array([i for i, k in enumerate(our_keys) if k in pos])
     ir = np.array([pos[k] for k in our_keys if k in pos])
-    sub_ours = ours[io][:, io].toarray()
+    sub_ours = _csr_rows_cols(a.save + ".adj.npz", io)
     sub_ref = ref[np.ix_(ir, ir)]
     scale = float(np.abs(sub_ref).max()) or 1.0
     print(

@@ -11,9 +11,10 @@ each: the causal half of the half with any path) exceeds ``--mem-gb``; the line 
 
 ``--reference`` also runs circuit-tracer 0.5.0 (its TransformerLens 2.18 backend, in the
 reference venv ``$REF_HOME/ref``, never a dependency of ours) on the same weights, through
-``benchmarks/_ref_real_runner.py``: for Gemma 3 that script rebuilds TL 2.18's rotary tables
-per layer (local layers base 10,000, global layers 1,000,000: TL 2.18 builds one table for all),
-in the runner, not in the package. It reports whether the node sets are equal and the largest
+``benchmarks/_ref_real_runner.py``: for Gemma 3 that script gives each layer its rotary table
+back (local layers base 10,000, global layers 1,000,000: circuit-tracer's
+``_deduplicate_attention_buffers`` shares one table across all layers), in the runner, not in
+the package. It reports whether the node sets are equal and the largest
 edge difference relative to the largest edge.
 
 Usage (from the repository root; the code under test is this checkout's ``sae_circuits``):
@@ -110,6 +111,12 @@ def write_ref_fixture(name: str, width: int, model, ts) -> Path:
             },
             str(fx / "transcoders" / f"layer_{layer}.safetensors"),
         )
+    rel = {}  # the hooks as TransformerLens names relative to blocks.{l} (same for every layer)
+    for which, names in (("input", ts.input_hooks), ("output", ts.output_hooks)):
+        suffixes = {n.split(".", 2)[2] for n in names}
+        assert len(suffixes) == 1 and all(n.startswith("blocks.") for n in names), names
+        rel[which] = suffixes.pop()
+    (fx / "hooks.json").write_text(json.dumps(rel))
     probe = model.to_tokens("The capital of the state containing Dallas is")[0]
     with torch.no_grad():
         logits = model(probe[None])[0, -1]
@@ -182,7 +189,10 @@ def _child(args: list[str], python: str = sys.executable) -> dict:
     out = subprocess.run([python, *args], capture_output=True, text=True, cwd=rt.ROOT, check=False)
     lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
     if out.returncode != 0 or not lines:
-        return {"error": (out.stderr or out.stdout)[-600:], "rc": out.returncode}
+        # the failure, not what a destructor printed after it (circuit-tracer's __del__ raises
+        # again on a half-built model and would hide the cause)
+        err = (out.stderr or out.stdout).split("Exception ignored in")[0]
+        return {"error": err[-600:], "rc": out.returncode}
     return json.loads(lines[-1])
 
 
