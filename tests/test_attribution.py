@@ -394,3 +394,43 @@ def test_default_slice_budget_by_device(monkeypatch):
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (2**20, 80 * 2**30))
     assert _default_budget(torch.device("cuda", 0)) == 2**25  # never below the CPU budget
     assert _default_budget(torch.device("mps")) == 2**30
+
+
+def _keys(df) -> list[tuple]:
+    cols = ("kind", "layer", "position", "feature", "token_id")
+    return list(zip(*(df[c].astype(str) if c == "kind" else df[c] for c in cols), strict=True))
+
+
+@pytest.mark.parametrize("kind", ["jumprelu", "clt"])
+def test_bounded_ranking_rows_still_give_exact_edges(kind, monkeypatch):
+    """When the rows of ``max_feature_nodes`` would not fit, the ranking keeps each row's
+    largest entries and the chosen features' rows are computed again: the edges are the full
+    graph's; with nothing cut, the graph is the one of whole rows."""
+    from sae_circuits.attribution import _attribute
+    from sae_circuits.toy import tiny_clt
+
+    model, tcs = build("gemma2", "relu" if kind == "clt" else kind)
+    ts = sc.load_transcoders(tiny_clt(tcs, seed=0) if kind == "clt" else tcs)
+    full = sc.attribute(model, PROMPT, ts)
+    whole = sc.attribute(model, PROMPT, ts, max_feature_nodes=24, batch_size=8)
+    assert whole.metadata["settings"]["ranking_row_entries"] is None
+    monkeypatch.setattr(_attribute, "_ROW_SHARE", 0.0)  # nothing fits: always bounded
+    monkeypatch.setattr(_attribute, "_MIN_KEEP", 10**9)  # ... but nothing cut
+    same = sc.attribute(model, PROMPT, ts, max_feature_nodes=24, batch_size=8)
+    assert same.metadata["settings"]["ranking_row_entries"] == 10**9
+    assert same.nodes.equals(whole.nodes)
+    assert_close(same.adjacency, whole.adjacency, what="recomputed rows vs whole rows")
+    monkeypatch.setattr(_attribute, "_MIN_KEEP", 12)  # rows cut to 12 entries for ranking
+    cut = sc.attribute(model, PROMPT, ts, max_feature_nodes=24, batch_size=8)
+    assert cut.metadata["settings"]["ranking_row_entries"] == 12
+    assert int((cut.nodes["kind"] == "feature").sum()) == 24
+    index = {k: i for i, k in enumerate(_keys(full.nodes))}
+    sel = np.array([index[k] for k in _keys(cut.nodes)])
+    assert_close(cut.adjacency, full.adjacency[sel][:, sel], what="bounded rows vs full graph")
+
+    # the ranking from cut rows still picks mostly what whole rows pick
+    def features(g) -> set[tuple]:
+        return {k for k in _keys(g.nodes) if k[0] == "feature"}
+
+    shared = len(features(cut) & features(whole))
+    assert shared >= 12

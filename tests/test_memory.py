@@ -144,3 +144,77 @@ def test_trace_bytes_follow_the_active_features_not_the_transcoders():
     assert 0.5 < n_big / n_small < 2  # about as many active features
     assert h_big < 2 * h_small * max(1.0, n_big / n_small)
     assert h_big < w_big / 4  # far less than the transcoders
+
+
+def _long_setup(kind: str, n: int = 200):
+    """A tiny Llama-style model on an ``n``-token prompt, where features repeat over positions."""
+    model = tiny_model("llama", seed=0, n_ctx=n)
+    base = tiny_transcoders(model, "relu" if kind == "clt" else kind, seed=0)  # type: ignore[arg-type]
+    if kind == "clt":
+        from sae_circuits.toy import tiny_clt
+
+        ts = sc.load_transcoders(tiny_clt(base, seed=0))
+    else:
+        ts = sc.load_transcoders(base)
+    gen = torch.Generator().manual_seed(0)
+    words = torch.randint(2, model.cfg.d_vocab, (n - 1,), generator=gen).tolist()
+    tokens = to_tokens(model, " ".join(f"t{w}" for w in words))
+    return model, ts, tokens
+
+
+@pytest.mark.parametrize("kind", ("relu", "jumprelu_skip", "clt"))
+def test_writer_table_form_gives_the_rows_of_stored_vectors(kind, monkeypatch):
+    """The table form (one decoder vector per distinct feature, gathered per slice in small
+    pieces) and the stored vectors give the same rows, on the explicit and the generic path."""
+    from sae_circuits.attribution import _backward
+
+    from .tolerance import assert_close
+
+    model, ts, tokens = _long_setup(kind, n=64)
+    rows = {}
+    for generic in (False, True):
+        for gain, gather in ((float("inf"), 1 << 25), (0.0, 1)):
+            monkeypatch.setattr(_backward, "_TABLE_GAIN", gain)
+            monkeypatch.setattr(_backward, "_GATHER_BYTES", gather)  # one position at a time
+            if generic:
+                monkeypatch.setattr(_backward, "_checked_transpose", lambda *args: None)
+            tr = trace(model, tokens, check_compatible(model, ts))
+            tabled = {g.table is not None for groups in tr._writers for g in groups}
+            assert tabled == {gain == 0.0}
+            sel = torch.arange(tr.n_active)
+            rows[generic, gain] = tr.rows(
+                tr.feature_layer[sel], tr.feature_pos[sel], tr.encoder_vectors(sel)
+            )
+    ref = rows[False, float("inf")]
+    for key, value in rows.items():
+        assert_close(value, ref, what=f"rows (generic, table gain) = {key}")
+
+
+def test_long_prompt_trace_grows_with_distinct_features_not_positions():
+    """On a long prompt the encoders and decoder vectors a trace holds are one per distinct
+    (layer, feature), so its bytes stay near the transcoders' size, not n_active x d_model."""
+    model, ts, tokens = _long_setup("relu", n=256)
+    tr = trace(model, tokens, check_compatible(model, ts))
+    distinct = len(set(zip(tr.feature_layer.tolist(), tr.feature_idx.tolist(), strict=True)))
+    assert tr.n_active > 8 * distinct  # features repeat: the case this is about
+    assert tr.encoders.shape[0] == distinct
+    assert torch.equal(
+        tr.encoder_vectors(torch.arange(tr.n_active)),
+        torch.stack(
+            [
+                ts.encoder_vectors(int(ly), torch.tensor([int(f)]))[0]
+                for ly, f in zip(tr.feature_layer, tr.feature_idx, strict=True)
+            ]
+        ),
+    )
+    assert all(g.table is not None for groups in tr._writers for g in groups)
+    storages: dict[int, int] = {}
+    for t in [tr.encoders, tr.encoder_index] + [
+        x for groups in tr._writers for g in groups for x in (g.table, g.ids, g.acts)
+    ]:
+        assert t is not None
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+    # what it used to hold: an encoder and a decoder row per active feature (each layer's
+    # features write to one layer here)
+    per_active = tr.n_active * model.cfg.d_model * 4
+    assert sum(storages.values()) < 2 * per_active / 4

@@ -77,7 +77,11 @@ def test_rows_accumulate_in_float32(dname):
     tr = trace(half, tokens, check_compatible(half, ts))
     assert tr.dtype == getattr(torch, dname)  # the backward runs in the model's dtype
     assert tr.errors.dtype == tr.embeds.dtype == tr.feature_act.dtype == torch.float32
-    assert all(g.vecs.dtype == torch.float32 for groups in tr._writers for g in groups)
+    assert all(
+        (g.vecs if g.vecs is not None else g.table).dtype == torch.float32
+        for groups in tr._writers
+        for g in groups
+    )
     layers = tr.feature_layer[-4:]
     sel = torch.arange(tr.n_active - 4, tr.n_active)
     parts = list(tr.row_slices(layers, tr.feature_pos[sel], tr.encoder_vectors(sel)))

@@ -100,3 +100,35 @@ def test_heap_trim_is_found_on_glibc_and_harmless():
     store = RowStore(3)
     store.add(np.arange(1), torch.tensor([[0.0, 2.0, 0.0]]))
     assert store.assemble(np.arange(1), np.arange(3), 3).toarray()[0, 1] == 2.0
+
+
+def test_a_ranking_store_keeps_each_rows_largest_entries_and_its_exact_sum():
+    gen = torch.Generator().manual_seed(3)
+    full = _sparse_rows(gen, 7, 60)
+    full[:, 20:30] = 0
+    narrow = torch.cat([full[:, :20], full[:, 30:]], dim=1)
+    store = RowStore(60, keep=5)
+    store.add(np.arange(7), narrow, gap=(20, 10))
+    [(_, chunk)] = store.chunks()
+    dense = chunk.toarray()
+    for r in range(7):
+        expected = np.argsort(-np.abs(full[r].numpy()), kind="stable")[:5]
+        assert set(np.flatnonzero(dense[r])) == set(expected)  # no ties in random floats
+        assert np.array_equal(dense[r, expected], full[r].numpy()[expected])
+    [sums] = store.row_sums() or []
+    assert np.allclose(sums, np.abs(full.numpy()).sum(1, dtype=np.float64), rtol=1e-6)
+    assert RowStore(60).row_sums() is None
+
+
+def test_a_column_filtered_store_drops_the_other_columns_as_rows_arrive():
+    gen = torch.Generator().manual_seed(4)
+    full = _sparse_rows(gen, 4, 30)
+    full[:, 5:9] = 0
+    columns = np.zeros(30, dtype=bool)
+    columns[[0, 3, 10, 29]] = True
+    store = RowStore(30, columns=columns)
+    store.add(np.arange(4), torch.cat([full[:, :5], full[:, 9:]], dim=1), gap=(5, 4))
+    [(_, chunk)] = store.chunks()
+    assert np.array_equal(chunk.toarray(), full.numpy() * columns)
+    with pytest.raises(ValueError, match=r"columns: expected shape \(30,\)"):
+        RowStore(30, columns=np.ones(29, dtype=bool))

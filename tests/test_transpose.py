@@ -9,6 +9,7 @@ generic paths, with and without position bands), and the fallbacks are exercised
 
 from __future__ import annotations
 
+import copy
 import logging
 from itertools import pairwise
 
@@ -38,8 +39,14 @@ def _setup(arch: str, kind: str, *, dtype: torch.dtype = torch.float32):
         model, tcs = build(arch, "relu" if kind == "clt" else kind)
     source = tiny_clt(tcs, seed=0) if kind == "clt" else tcs
     if dtype != torch.float32:
+        # copies: Module.to converts in place, and build()'s transcoders are shared by every
+        # test (a bfloat16 llama-relu set broke later tests that run in this process)
         model = model.to(dtype)
-        source = [t.to(dtype=dtype) for t in source] if isinstance(source, list) else source
+        source = (
+            [copy.deepcopy(t).to(dtype=dtype) for t in source]
+            if isinstance(source, list)
+            else copy.deepcopy(source).to(dtype=dtype)
+        )
     return model, sc.load_transcoders(source)
 
 

@@ -40,7 +40,7 @@ import torch
 from transformer_lens import HookedTransformer
 
 from sae_circuits._version import __version__
-from sae_circuits.attribution._backward import RowSlice, Trace, trace
+from sae_circuits.attribution._backward import RowSlice, Trace, _mem_available, trace
 from sae_circuits.attribution._rows import RowStore
 from sae_circuits.attribution._targets import (
     ResolvedTarget,
@@ -156,15 +156,26 @@ def attribute(
     bar = progress_bar(
         total=len(specs) + n_select, desc="attribution", progress=progress, unit="row"
     )
+    keep = _ranking_keep(tr, n_select, len(specs))
     try:
-        rows = RowStore(tr.n_sources)
-        for idx, layers, positions, vectors, hook in groups:  # target rows: n_sources + j
-            for part in tr.row_slices(layers, positions, vectors, hook=hook, max_slice=batch_size):
-                nodes = tr.n_sources + idx[part.offset : part.offset + len(part.values)]
-                rows.add(nodes, part.values, gap=_gap(tr, part))
-                bar.update(len(nodes))
+        rows = RowStore(tr.n_sources, keep=keep)
+        _target_rows(tr, groups, rows, batch_size, bar)
         weights = table["weight"].to_numpy(dtype=np.float64)
         visited = _visit_features(tr, rows, weights, n_select, batch_size, update_interval, bar)
+        if keep is not None:  # the ranking rows were cut: the graph's rows, computed again
+            columns = np.ones(tr.n_sources, dtype=bool)
+            columns[: tr.n_active] = False
+            columns[visited] = True
+            ranking, rows = rows, RowStore(tr.n_sources, columns=columns)
+            logger.info(
+                "rows computed again for the %d chosen features (ranking rows: %d MB)",
+                len(visited),
+                ranking.nbytes >> 20,
+            )
+            del ranking
+            bar.reset(total=len(specs) + len(visited))
+            _target_rows(tr, groups, rows, batch_size, bar)
+            _feature_rows(tr, visited, rows, batch_size, bar)
     finally:
         bar.close()
     settings = {
@@ -175,6 +186,7 @@ def attribute(
         "update_interval": update_interval,
         "attention_sink": attention_sink,
         "targets": "salient logits" if targets is None else "given",
+        "ranking_row_entries": keep,
     }
     graph = _assemble(model, prompt, tr, rows, visited, specs, table, settings)
     logger.info("attribution done in %.2fs: %r", time.perf_counter() - started, graph)
@@ -378,28 +390,87 @@ def _visit_features(
             rank = torch.argsort(torch.from_numpy(influence[:n_active]), descending=True).numpy()
             queue = min(update_interval * batch_size, n_select - n_visited)
             pending = rank[~visited[rank]][:queue]
-        # the order within a queue changes nothing but speed: one layer at a time, so that
-        # each backward pass stops at its layer (and leaves out the features above it), and
-        # by position, so that each pass's attention backward stops at its last position
-        layer_of = tr.feature_layer.numpy()[pending]
-        order = np.lexsort((tr.feature_pos.numpy()[pending], layer_of))
-        pending, layer_of = pending[order], layer_of[order]
-        bounds = np.flatnonzero(np.diff(layer_of)) + 1
-        for idx in np.split(pending, bounds):
-            sel = torch.from_numpy(idx)
-            slices = tr.row_slices(
-                tr.feature_layer[sel],
-                tr.feature_pos[sel],
-                tr.encoder_vectors(sel),
-                max_slice=batch_size,
-            )
-            for part in slices:
-                nodes = idx[part.offset : part.offset + len(part.values)]
-                rows.add(nodes, part.values, gap=_gap(tr, part))
-                bar.update(len(nodes))
-            visited[idx] = True
-            n_visited += len(idx)
+        _feature_rows(tr, pending, rows, batch_size, bar)  # in an order that is fast
+        visited[pending] = True
+        n_visited += len(pending)
     return np.flatnonzero(visited)
+
+
+def _target_rows(tr: Trace, groups: list, rows: RowStore, batch_size: int, bar: Any) -> None:
+    """The targets' rows (row nodes ``n_sources + j``), into ``rows``."""
+    for idx, layers, positions, vectors, hook in groups:
+        for part in tr.row_slices(layers, positions, vectors, hook=hook, max_slice=batch_size):
+            nodes = tr.n_sources + idx[part.offset : part.offset + len(part.values)]
+            rows.add(nodes, part.values, gap=_gap(tr, part))
+            bar.update(len(nodes))
+
+
+def _feature_rows(
+    tr: Trace,
+    features: np.ndarray,
+    rows: RowStore,
+    batch_size: int,
+    bar: Any,
+) -> None:
+    """The rows of ``features`` (indices into the active features), into ``rows``.
+
+    The order changes nothing but speed: one layer at a time, so that each backward pass stops
+    at its layer (and leaves out the features above it), and by position within a layer, so
+    that each pass's attention backward stops at its last position.
+    """
+    order = np.lexsort((tr.feature_pos.numpy()[features], tr.feature_layer.numpy()[features]))
+    features = features[order]
+    layer_of = tr.feature_layer.numpy()[features]
+    for idx in np.split(features, np.flatnonzero(np.diff(layer_of)) + 1):
+        sel = torch.from_numpy(idx)
+        slices = tr.row_slices(
+            tr.feature_layer[sel],
+            tr.feature_pos[sel],
+            tr.encoder_vectors(sel),
+            max_slice=batch_size,
+        )
+        for part in slices:
+            nodes = idx[part.offset : part.offset + len(part.values)]
+            rows.add(nodes, part.values, gap=_gap(tr, part))
+            bar.update(len(nodes))
+
+
+#: The largest share of the memory available at the start that the rows of a graph with
+#: ``max_feature_nodes`` may take before the ranking keeps only each row's largest entries.
+_ROW_SHARE = 0.25
+#: Fewest entries a ranking row keeps.
+_MIN_KEEP = 1024
+
+
+def _ranking_keep(tr: Trace, n_select: int, n_targets: int) -> int | None:
+    """Entries per row a ranking store keeps, or ``None`` to store every row whole.
+
+    With ``max_feature_nodes``, features are ranked by their influence computed from the rows so
+    far, over every active feature; a row holds up to ``n_sources`` entries (8 bytes each), so
+    on a long prompt (millions of active features) the rows of a few thousand features exceed
+    the memory. When their bound, ``(n_select + n_targets) * n_sources * 8`` bytes, exceeds
+    ``_ROW_SHARE`` of the memory available, the ranking store keeps each row's largest entries
+    (as many as fit) and the exact sum of its magnitudes, and the chosen features' rows are
+    computed a second time, keeping only the graph's columns (exact edges, twice the backward
+    passes). A full graph (every feature visited) never takes this path.
+    """
+    n_rows = n_select + n_targets
+    if n_select == tr.n_active or n_rows == 0:
+        return None
+    avail = _mem_available()  # rows are stored in host memory, whatever the device
+    if avail is None:
+        return None
+    budget = int(_ROW_SHARE * avail)
+    if n_rows * tr.n_sources * 8 <= budget:
+        return None
+    keep = max(_MIN_KEEP, budget // (8 * n_rows))
+    logger.info(
+        "ranking rows keep their %d largest entries of %d (the rows whole would take up to %.1f GB)",
+        keep,
+        tr.n_sources,
+        n_rows * tr.n_sources * 8 / 2**30,
+    )
+    return keep
 
 
 def _gap(tr: Trace, part: RowSlice) -> tuple[int, int]:
@@ -411,7 +482,7 @@ def _partial_influence(rows: RowStore, n_sources: int, target_weights: np.ndarra
     """Influence of every node on the targets from the rows computed so far."""
     seed = np.zeros(n_sources + len(target_weights))
     seed[n_sources:] = target_weights
-    return propagate_chunks(rows.chunks(), seed, eps=1e-8)
+    return propagate_chunks(rows.chunks(), seed, eps=1e-8, row_sums=rows.row_sums())
 
 
 def _assemble(

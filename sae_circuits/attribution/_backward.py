@@ -55,25 +55,63 @@ __all__ = ["RowSlice", "Trace", "trace"]
 logger = logging.getLogger(__name__)
 
 
+#: How many times smaller the table form of a layer's writers must be to be used (else the
+#: vectors are stored: no gather per slice).
+_TABLE_GAIN = 2.0
+#: Most bytes of gathered decoder vectors :meth:`_WriterGroup.contract` holds at once.
+_GATHER_BYTES = 1 << 25
+
+
 @dataclass
 class _WriterGroup:
     """Sources at some positions, padded so that one ``bmm`` contracts them all.
 
-    ``vecs[i, :, j]`` is what the ``j``-th source at ``positions[i]`` writes (activation included,
-    zero padding); ``slots`` are the flat ``(i * K + j)`` places of the real sources and ``cols``
-    their source columns.
+    What the ``j``-th source at ``positions[i]`` writes (activation included, zero padding) is
+    either stored, ``vecs[i, :, j]``, or gathered when needed, ``acts[i, j] * table[ids[i, j]]``
+    (the *table form*: one decoder vector per distinct feature, shared by the positions it is
+    active at; a long prompt's features repeat, so this is what keeps the trace's memory bounded
+    by the transcoders' width rather than by the number of active features). ``positions`` are
+    ascending; ``slots`` are the flat ``(i * K + j)`` places of the real sources (ascending) and
+    ``cols`` their source columns.
     """
 
     positions: torch.Tensor  # (P,)
-    vecs: torch.Tensor  # (P, d, K)
     slots: torch.Tensor  # (k,)
     cols: torch.Tensor  # (k,)
+    vecs: torch.Tensor | None = None  # (P, d, K)
+    table: torch.Tensor | None = None  # (U, d)
+    ids: torch.Tensor | None = None  # (P, K) rows of table
+    acts: torch.Tensor | None = None  # (P, K)
 
-    def contract(self, g: torch.Tensor) -> torch.Tensor:
-        """``(B, n, d)`` gradients -> ``(B, k)`` direct effects of the sources, ``cols`` order."""
-        grads = g[:, self.positions].transpose(0, 1)  # (P, B, d)
-        vals = torch.bmm(grads, self.vecs)  # (P, B, K)
-        return vals.transpose(0, 1).reshape(g.shape[0], -1)[:, self.slots]
+    @property
+    def width(self) -> int:
+        """``K``, the padded number of sources per position."""
+        ref = self.vecs if self.vecs is not None else self.ids
+        assert ref is not None
+        return int(ref.shape[-1])
+
+    def contract(self, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(B, m, d)`` gradients on the first ``m`` positions -> the direct effects of the
+        sources at those positions: ``(cols, (B, k') values)``."""
+        m, k_w = int(g.shape[1]), self.width
+        p = int(torch.searchsorted(self.positions, m))  # positions < m
+        if p == 0:
+            return self.cols[:0], g.new_zeros(g.shape[0], 0)
+        n_slots = int(torch.searchsorted(self.slots, p * k_w))
+        grads = g[:, self.positions[:p]].transpose(0, 1)  # (p, B, d)
+        if self.vecs is not None:
+            vals = torch.bmm(grads, self.vecs[:p])  # (p, B, K)
+        else:
+            assert self.table is not None and self.ids is not None and self.acts is not None
+            d = int(self.table.shape[1])
+            step = max(1, _GATHER_BYTES // (k_w * d * self.table.element_size()))
+            vals = g.new_empty(p, g.shape[0], k_w)
+            for a in range(0, p, step):
+                b = min(p, a + step)
+                vecs = self.table[self.ids[a:b]] * self.acts[a:b, :, None]  # (b-a, K, d)
+                torch.bmm(grads[a:b], vecs.transpose(1, 2), out=vals[a:b])
+        flat = vals.transpose(0, 1).reshape(g.shape[0], -1)
+        return self.cols[:n_slots], flat[:, self.slots[:n_slots]]
 
 
 @dataclass
@@ -90,9 +128,12 @@ class Trace:
             or float64 for a float64 model).
         embeds: ``(n, d_model)`` token embeddings (``hook_embed`` values, accumulation dtype).
         dtype: The model's dtype, in which the backward passes run.
-        encoders: ``(n_active, d_in)`` the active features' encoder rows (the model's device,
-            its dtype): with the decoder rows kept in the writers, all a trace needs of the
-            transcoders, so that it holds no reference to them.
+        encoders: ``(u, d_in)`` the encoder rows of the ``u`` distinct active (layer, feature)
+            pairs (the model's device, its dtype): with the decoder rows kept in the writers,
+            all a trace needs of the transcoders, so that it holds no reference to them. One
+            row per distinct feature, not per active (feature, position): on a long prompt
+            features repeat, and this keeps the trace within the transcoders' own size.
+        encoder_index: ``(n_active,)`` each active feature's row of ``encoders``.
         transcoders_info: The transcoders' ``describe()``.
         final: ``(n, d_model)`` the unembedding's input (after the final norm).
         x_in: Per layer, ``(n, d_in)`` the clean transcoder input.
@@ -112,6 +153,7 @@ class Trace:
     x_in: list[torch.Tensor]
     extra_values: dict[str, torch.Tensor]
     encoders: torch.Tensor
+    encoder_index: torch.Tensor
     transcoders_info: dict[str, Any]
     _vjps: list[Callable]  # per block: (d out, d x_in) -> (d block input, d source)
     _transposes: list[BlockTranspose | None]  # per block: its explicit transpose, if known
@@ -154,7 +196,7 @@ class Trace:
 
     def encoder_vectors(self, rows: torch.Tensor) -> torch.Tensor:
         """Encoder directions ``(k, d_in)`` of the active features ``rows``."""
-        return self.encoders[rows.to(self.encoders.device)]
+        return self.encoders[self.encoder_index[rows.cpu()].to(self.encoders.device)]
 
     @cached_property
     def _unembed_mean(self) -> torch.Tensor:
@@ -291,7 +333,7 @@ class Trace:
                 continue
             g = g_src[:, 0].to(acc)  # (B, n, d), accumulated in float32 (or float64)
             for group in self._writers[layer]:
-                out.index_add_(1, group.cols, group.contract(g))
+                out.index_add_(1, *group.contract(g))
             base = n_features + layer * n
             out[:, base : base + n] = _per_position_dot(g, self.errors[layer])
         if grad is not None:  # hook_embed adds straight into block 0's input
@@ -342,11 +384,9 @@ class Trace:
             grad, g_src = transposes[layer](g_out, g_x)
             if layer == top:  # the targets read this block's MLP input
                 continue
-            g = g_src.to(acc)
-            if m < n:  # the writers' positions index the whole prompt
-                g = torch.nn.functional.pad(g, (0, 0, 0, n - m))
+            g = g_src.to(acc)  # (B, m, d): the writers at positions >= m get nothing
             for group in self._writers[layer]:
-                out.index_add_(1, group.cols, group.contract(g))
+                out.index_add_(1, *group.contract(g))
             base = n_features + layer * n
             out[:, base : base + m] = _per_position_dot(g[:, :m], self.errors[layer, :m])
         if grad is not None:  # hook_embed adds straight into block 0's input
@@ -453,26 +493,41 @@ def trace(
     feature_idx = torch.cat(f_idx).cpu()
     feature_act = torch.cat(f_act).to(acc).cpu()
 
-    encoders = torch.empty(len(feature_idx), ts.d_in, dtype=dtype, device=device)
-    writers = []
+    # the active features' encoder rows and what they write, one vector per distinct feature
     with torch.no_grad():
-        for layer in range(n_layers):  # the active features' encoder rows, once
+        enc_parts = []
+        encoder_index = torch.empty(len(feature_idx), dtype=torch.long)
+        n_enc = 0
+        for layer in range(n_layers):
             sel = torch.nonzero(feature_layer == layer).flatten()
             if len(sel):
-                vecs = ts.encoder_vectors(layer, feature_idx[sel].to(ts.device))
-                encoders[sel.to(device)] = vecs.detach().to(device, dtype)
+                uniq, inverse = torch.unique(feature_idx[sel], return_inverse=True)
+                vecs = ts.encoder_vectors(layer, uniq.to(ts.device))
+                enc_parts.append(vecs.detach().to(device, dtype))
+                encoder_index[sel] = inverse + n_enc
+                n_enc += len(uniq)
+        encoders = (
+            torch.cat(enc_parts)
+            if enc_parts
+            else torch.empty(0, ts.d_in, dtype=dtype, device=device)
+        )
+        writers = []
         for out_layer in range(n_layers):
-            cols, vecs, poss = [], [], []
+            cols, tables, ids, acts, poss = [], [], [], [], []
+            n_tab = 0
             for src in ts.source_layers(out_layer):
                 sel = torch.nonzero(feature_layer == src).flatten()
                 if len(sel) == 0:
                     continue
-                dec = ts.decoder_vectors(src, feature_idx[sel].to(ts.device), out_layer)
-                act = feature_act[sel, None].to(device)
-                vecs.append(dec.to(device, acc) * act)
+                uniq, inverse = torch.unique(feature_idx[sel], return_inverse=True)
+                dec = ts.decoder_vectors(src, uniq.to(ts.device), out_layer)
+                tables.append(dec.detach().to(device, acc))
+                ids.append(inverse.to(device) + n_tab)
+                acts.append(feature_act[sel].to(device))
                 cols.append(sel.to(device))
-                poss.append(feature_pos[sel])
-            writers.append(_group_by_position(cols, vecs, poss))
+                poss.append(feature_pos[sel].to(device))
+                n_tab += len(uniq)
+            writers.append(_group_by_position(cols, tables, ids, acts, poss))
 
     # 3. each block, replayed frozen, and its vector-Jacobian product
     extras: list[list[HookSite]] = [[] for _ in range(n_layers)]
@@ -535,6 +590,7 @@ def trace(
         x_in=clean.x_in,
         extra_values=extra_values,
         encoders=encoders,
+        encoder_index=encoder_index,
         transcoders_info=ts.describe(),
         _vjps=vjps,
         _transposes=transposes,
@@ -742,18 +798,26 @@ def _per_position_dot(g: torch.Tensor, vecs: torch.Tensor) -> torch.Tensor:
 
 
 def _group_by_position(
-    cols: list[torch.Tensor], vecs: list[torch.Tensor], poss: list[torch.Tensor]
+    cols: list[torch.Tensor],
+    tables: list[torch.Tensor],
+    ids: list[torch.Tensor],
+    acts: list[torch.Tensor],
+    poss: list[torch.Tensor],
 ) -> list[_WriterGroup]:
     """Pad the sources of one output layer into groups of positions of similar counts.
 
     Positions are sorted by how many sources they hold; a new group starts when the count
-    falls below half the group's largest, so padding at most doubles the work.
+    falls below half the group's largest, so padding at most doubles the work. Each source
+    ``i`` writes ``acts[i] * table[ids[i]]``; the groups store those vectors, or, where the
+    table form is at least twice smaller (features repeating over many positions), the table
+    and the indices (:class:`_WriterGroup`).
     """
     if not cols:
         return []
-    c, v, p = torch.cat(cols), torch.cat(vecs), torch.cat(poss).to(vecs[0].device)
+    table = torch.cat(tables)
+    c, t, a, p = torch.cat(cols), torch.cat(ids), torch.cat(acts), torch.cat(poss)
     order = torch.sort(p, stable=True).indices
-    c, v, p = c[order], v[order], p[order]
+    c, t, a, p = c[order], t[order], a[order], p[order]
     uniq, counts = torch.unique_consecutive(p, return_counts=True)
     starts = torch.cumsum(counts, 0) - counts
     by_count = torch.argsort(counts, descending=True, stable=True).tolist()
@@ -764,23 +828,28 @@ def _group_by_position(
             current = []
         current.append(i)
     groups.append(current)
+    n_src, (n_tab, d), size = len(c), table.shape, table.element_size()
+    tabled = _TABLE_GAIN * (n_tab * d * size + n_src * 12) <= n_src * d * size
     out = []
-    d = v.shape[1]
     for members in groups:
         width = int(counts[members[0]])
-        padded = torch.zeros(len(members), width, d, dtype=v.dtype, device=v.device)
+        members = sorted(members, key=lambda i: int(uniq[i]))  # ascending positions
+        g_ids = torch.zeros(len(members), width, dtype=torch.long, device=t.device)
+        g_acts = torch.zeros(len(members), width, dtype=a.dtype, device=a.device)
         slots, gcols = [], []
         for row, i in enumerate(members):
             lo, k = int(starts[i]), int(counts[i])
-            padded[row, :k] = v[lo : lo + k]
+            g_ids[row, :k] = t[lo : lo + k]
+            g_acts[row, :k] = a[lo : lo + k]
             slots.append(torch.arange(row * width, row * width + k))
             gcols.append(c[lo : lo + k])
-        out.append(
-            _WriterGroup(
-                positions=uniq[members].to(v.device),
-                vecs=padded.transpose(1, 2).contiguous(),
-                slots=torch.cat(slots).to(v.device),
-                cols=torch.cat(gcols),
-            )
+        positions = uniq[members].to(table.device)
+        common = dict(
+            positions=positions, slots=torch.cat(slots).to(table.device), cols=torch.cat(gcols)
         )
+        if tabled:
+            out.append(_WriterGroup(**common, table=table, ids=g_ids, acts=g_acts))
+        else:
+            vecs = table[g_ids] * g_acts[..., None]  # (P, K, d)
+            out.append(_WriterGroup(**common, vecs=vecs.transpose(1, 2).contiguous()))
     return out

@@ -26,12 +26,34 @@ class RowStore:
 
     Args:
         n_sources: Number of source columns.
+        keep: A *ranking* store: keep each row's ``keep`` largest entries by magnitude (ties
+            may keep a few more) and the sum of ``|row|`` over all its entries
+            (:meth:`row_sums`), which is what influence needs to rank features; its rows are
+            not the graph's edges.
+        columns: ``(n_sources,)`` bool: store only these source columns (the others are
+            dropped as rows arrive).
     """
 
-    def __init__(self, n_sources: int) -> None:
+    def __init__(
+        self, n_sources: int, *, keep: int | None = None, columns: np.ndarray | None = None
+    ) -> None:
+        if columns is not None and columns.shape != (n_sources,):
+            raise ValueError(f"columns: expected shape ({n_sources},), got {columns.shape}")
         self.n_sources = n_sources
+        self.keep = keep
+        self._columns = columns
         self._chunks: list[sp.csr_array] = []
         self._nodes: list[np.ndarray] = []
+        self._sums: list[np.ndarray] = []
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the stored rows."""
+        return sum(c.data.nbytes + c.indices.nbytes + c.indptr.nbytes for c in self._chunks)
+
+    def row_sums(self) -> list[np.ndarray] | None:
+        """A ranking store's exact ``sum |row|`` per chunk (``None`` for a full store)."""
+        return list(self._sums) if self.keep is not None else None
 
     @property
     def n_rows(self) -> int:
@@ -51,6 +73,16 @@ class RowStore:
         n_rows, n_cols = dense.shape
         if n_cols + width != self.n_sources:
             raise ValueError(f"{n_cols} + {width} columns, expected {self.n_sources}")
+        if self._columns is not None:
+            kept = np.concatenate([self._columns[:at], self._columns[at + width :]])
+            dense = np.where(kept, dense, np.float32(0))
+        if self.keep is not None:
+            absolute = np.abs(dense)
+            self._sums.append(absolute.sum(axis=1, dtype=np.float64))
+            if self.keep < n_cols:  # zero all but the largest ``keep`` entries of each row
+                cut = np.partition(absolute, n_cols - self.keep, axis=1)[:, n_cols - self.keep]
+                dense = np.where(absolute >= cut[:, None], dense, np.float32(0))
+            del absolute
         flat = np.flatnonzero(dense)
         # scipy gives indices and indptr one dtype: int32 for both where they fit, else 12 B/edge
         idx_dtype = _index_dtype(len(flat), self.n_sources)

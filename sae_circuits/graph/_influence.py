@@ -86,6 +86,7 @@ def propagate_chunks(
     *,
     eps: float = 1e-8,
     max_iter: int = 1000,
+    row_sums: Sequence[np.ndarray] | None = None,
 ) -> np.ndarray:
     """:func:`propagate` over rows kept as chunks, normalising each chunk on the fly.
 
@@ -98,15 +99,23 @@ def propagate_chunks(
         seed: ``(N,)`` weights on target nodes.
         eps: Floor of the row sums of ``|rows|``.
         max_iter: Safety bound on the number of steps.
+        row_sums: Per chunk, ``(R_i,)`` the sums of ``|row|`` to normalise by, where the stored
+            rows are cut to their largest entries (their own sums would be too small); default:
+            the stored rows' sums.
 
     Returns:
         ``(N,)`` influence of every node (the seed itself not included).
     """
     n_nodes = len(seed)
     scales = []
-    for _, rows in chunks:
-        absolute = sp.csr_array((np.abs(rows.data), rows.indices, rows.indptr), shape=rows.shape)
-        sums = np.asarray(absolute.sum(axis=1), dtype=np.float64).ravel()
+    for i, (_, rows) in enumerate(chunks):
+        if row_sums is not None:
+            sums = np.asarray(row_sums[i], dtype=np.float64)
+        else:
+            absolute = sp.csr_array(
+                (np.abs(rows.data), rows.indices, rows.indptr), shape=rows.shape
+            )
+            sums = np.asarray(absolute.sum(axis=1), dtype=np.float64).ravel()
         scales.append(1.0 / np.maximum(sums, eps))
     influence = np.zeros(n_nodes, dtype=np.float64)
     prod = np.asarray(seed, dtype=np.float64)
