@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import resource
-import sys
 import time
 from pathlib import Path
 
@@ -144,11 +143,31 @@ def _load(fx: Path, patch_rotary: bool, n_ctx: int):
     )
     model._configure_replacement_model(tcs)
     patched = _per_layer_rotary(model, kw) if patch_rotary else 0
-    sys.path.insert(0, "/work/shared/reference")
-    from toy_tokenizer import toy_tokenizer
-
-    model.tokenizer = toy_tokenizer(cfg.d_vocab)
     return model, dropped, patched
+
+
+def _id_tokenizer(d_vocab: int, bos_id: int):
+    """A word-level tokenizer over token ids (``t{i}`` -> ``i``) whose BOS is ``bos_id``.
+
+    circuit-tracer's ``ensure_tokenized`` prepends its tokenizer's BOS unless the prompt starts
+    with it: the BOS must be the model's own (Gemma's is 2), or the reference attributes a
+    prompt one token longer than ours (the shared ``toy_tokenizer`` has BOS 0).
+    """
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel(vocab={f"t{i}": i for i in range(d_vocab)}, unk_token="t1"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=f"t{bos_id}", unk_token="t1")
+
+
+def _status_mb(key: str) -> float:
+    """``VmRSS`` / ``VmHWM`` of this process from ``/proc/self/status``, in MB."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def _csr_rows_cols(path: str, idx: np.ndarray) -> np.ndarray:
@@ -193,6 +212,9 @@ def main() -> None:
     ours_lg = torch.tensor(probe["logits"])
     logits_rel = float((lg - ours_lg).abs().max() / ours_lg.abs().max())
     tokens = torch.tensor(json.loads(Path(a.save + ".tokens.json").read_text()))
+    model.tokenizer = _id_tokenizer(model.cfg.d_vocab, int(tokens[0]))
+    rss_before = _status_mb("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")  # VmHWM from here: the working memory
     t1 = time.perf_counter()
     g = attribute(
         tokens,
@@ -200,9 +222,10 @@ def main() -> None:
         max_n_logits=10,
         desired_logit_prob=0.95,
         batch_size=256,
-        max_feature_nodes=None if a.mode == "full" else 1024,
+        max_feature_nodes=None if a.mode == "full" else int(a.mode.removeprefix("max")),
     )
     t_attr = time.perf_counter() - t1
+    working = _status_mb("VmHWM") - rss_before
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     af = g.active_features[g.selected_features].numpy()
     n_layers, n_pos = model.cfg.n_layers, len(tokens)
@@ -225,6 +248,7 @@ def main() -> None:
                 load_s=round(t_load, 1),
                 attribute_s=round(t_attr, 1),
                 peak_rss_mb=round(peak),
+                working_mb=round(working),
                 n_active=len(g.active_features),
                 n_nodes=len(keys),
                 only_ours=len(our_keys) - len(io),

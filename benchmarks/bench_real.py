@@ -40,7 +40,8 @@ from benchmarks import real_transcoders as rt
 
 WIDTH = 16384
 TOKENS = (16, 64, 256, 1024)
-MODES = ("full", "max1024")
+MODES = ("full", "max1024", "max4096")
+DEFAULT_MODES = ("full", "max1024")
 TEXT = (
     "The history of the river valley begins long before the first farmers arrived. Glaciers "
     "carved the hills, and the water that followed left fertile soil on both banks. Villages "
@@ -56,6 +57,25 @@ def prompt_tokens(model, n: int) -> torch.Tensor:
     ids = model.to_tokens(TEXT * (1 + n // 60))[0]
     assert len(ids) >= n, (len(ids), n)
     return ids[:n]
+
+
+def max_feature_nodes(mode: str) -> int | None:
+    """``full`` -> ``None``; ``max1024`` -> 1024."""
+    return None if mode == "full" else int(mode.removeprefix("max"))
+
+
+def _hwm_mb() -> float:
+    """Peak RSS since the last :func:`_reset_peak` (``VmHWM``)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _reset_peak() -> None:
+    """Reset ``VmHWM`` to the current RSS (Linux ``/proc/self/clear_refs``)."""
+    Path("/proc/self/clear_refs").write_text("5")
 
 
 def _rss_mb() -> float:
@@ -154,6 +174,8 @@ def run_one(
     est_gb = n_active * sources / 4 * 12 / 2**30
     if mode == "full" and est_gb > mem_gb:
         return {**row, "skipped": f"full graph ~{est_gb:.0f} GB (> --mem-gb {mem_gb:g})"}
+    rss_before = _rss_mb()
+    _reset_peak()
     t1 = time.perf_counter()
     graph = sc.attribute(
         model,
@@ -162,9 +184,10 @@ def run_one(
         max_n_logits=10,
         desired_logit_prob=0.95,
         batch_size=256,
-        max_feature_nodes=None if mode == "full" else 1024,
+        max_feature_nodes=max_feature_nodes(mode),
     )
     t_attr = time.perf_counter() - t1
+    working = _hwm_mb() - rss_before
     if save:
         from scipy import sparse
 
@@ -182,6 +205,8 @@ def run_one(
         "n_nodes": len(graph.nodes),
         "n_edges": int(graph.adjacency.nnz),
         "peak_rss_mb": round(peak),
+        "working_mb": round(working),
+        "ranking_row_entries": graph.metadata["settings"].get("ranking_row_entries"),
     }
 
 
@@ -200,7 +225,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", choices=rt.MODELS, nargs="+", default=list(rt.MODELS))
     p.add_argument("--tokens", type=int, nargs="+", default=list(TOKENS))
-    p.add_argument("--mode", choices=MODES, nargs="+", default=list(MODES))
+    p.add_argument("--mode", choices=MODES, nargs="+", default=list(DEFAULT_MODES))
     p.add_argument("--width", type=int, default=WIDTH, help="features per layer")
     p.add_argument("--mem-gb", type=float, default=6.0, help="largest full graph to attempt")
     p.add_argument("--reference", action="store_true", help="also run circuit-tracer 0.5.0")
