@@ -205,3 +205,26 @@ def test_check_tolerance_separates_rounding_from_a_misread_block():
     bad = dataclasses.replace(tp, w_skip=None)  # the skip path forgotten
     err = check_transpose(bad, tr._vjps[0], tr._out_shapes[0], tr._in_shapes[0])
     assert err > 100 * _backward._TRANSPOSE_TOLERANCE
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_banded_pattern_transpose_skips_only_zero_blocks(arch, monkeypatch):
+    """Long prompts transpose the pattern block by block of keys over the query rows with
+    nonzero entries only (the causal triangle; a sliding window's band): the same graph."""
+    from sae_circuits.attribution import _transpose
+
+    model, ts = _setup(arch, "relu")
+    whole = sc.attribute(model, PROMPT, ts, batch_size=64)
+    monkeypatch.setattr(_transpose, "_KEY_BLOCK", 2)  # blocks of 2 keys: banded past 4 tokens
+    tr = trace(model, to_tokens(model, PROMPT), check_compatible(model, ts))
+    n = tr.n_pos
+    bands = [t.bands for t in tr._transposes if t is not None]
+    assert len(bands) == model.cfg.n_layers and all(bands)
+    assert all(q0 == k0 for band in bands for k0, _, q0, _ in band[1:])  # causal: q >= k
+    if arch == "gemma3":  # its local layers (window 4) skip the rows past the window
+        window = model.cfg.window_size
+        local = [b for b, t in zip(bands, model.cfg.attn_types or (), strict=False) if t == "local"]
+        assert local and all(q1 == min(n, k1 + window - 1) for b in local for _, k1, _, q1 in b)
+    banded = sc.attribute(model, PROMPT, ts, batch_size=64)
+    assert banded.nodes.equals(whole.nodes)
+    assert_close(banded.adjacency, whole.adjacency, what="banded vs whole pattern transpose")

@@ -98,6 +98,10 @@ class BlockTranspose:
         w_skip: ``(d_out, d_in)`` a skip transcoder's skip matrix (``W_skip``), or ``None``.
         parallel: Attention and MLP both read the block's input (GPT-J, NeoX).
         causal: Every pattern is zero above the diagonal (the causal cone applies).
+        bands: For causal patterns, per block of :data:`_KEY_BLOCK` key positions
+            ``(k0, k1)``, the query rows ``[q0, q1)`` outside which every head's pattern is
+            exactly zero in those columns (the diagonal and, for a sliding-window layer, the
+            window): long prompts skip the zero blocks of the pattern's transpose.
     """
 
     ln1: _Norm | None
@@ -114,6 +118,7 @@ class BlockTranspose:
     w_skip: torch.Tensor | None
     parallel: bool
     causal: bool
+    bands: tuple[tuple[int, int, int, int], ...] = ()
 
     def __call__(
         self, g_out: torch.Tensor, g_x: torch.Tensor | None
@@ -141,8 +146,7 @@ class BlockTranspose:
         g_z = (_t(self.attn_post, g_mid).reshape(-1, d) @ self.w_o.T).view(batch, m, self.heads, -1)
         if self.head_mask is not None:
             g_z = g_z * self.head_mask[:, None]
-        pattern = self.pattern[:, :m, :m] if self.causal else self.pattern
-        g_v = torch.einsum("hqk,bqhe->bkhe", pattern, g_z)
+        g_v = self._pattern_t(g_z)
         if self.rep > 1:
             g_v = g_v.reshape(batch, m, self.heads // self.rep, self.rep, -1).sum(3)
         g_a = (g_v.reshape(batch * m, -1) @ self.w_v.T).view(batch, m, d)
@@ -150,6 +154,45 @@ class BlockTranspose:
         if self.parallel and g_mlp_in is not None:
             g_in = g_in + g_mlp_in
         return g_in, g_src
+
+    def _pattern_t(self, g_z: torch.Tensor) -> torch.Tensor:
+        """``(B, m, H, e)`` gradients at the heads' outputs -> at their values: each head's
+        pattern transposed over positions, on the first ``m`` (causal) and, past
+        ``2 * _KEY_BLOCK`` positions, block by block of keys over the query rows with nonzero
+        entries only."""
+        m = g_z.shape[1]
+        if not self.causal:
+            return torch.einsum("hqk,bqhe->bkhe", self.pattern, g_z)
+        if m <= 2 * _KEY_BLOCK or not self.bands:
+            return torch.einsum("hqk,bqhe->bkhe", self.pattern[:, :m, :m], g_z)
+        out = g_z.new_zeros(g_z.shape)
+        for k0, k1, q0, q1 in self.bands:
+            if k0 >= m:
+                break
+            k1, q1 = min(k1, m), min(q1, m)
+            if q1 > q0:
+                out[:, k0:k1] = torch.einsum(
+                    "hqk,bqhe->bkhe", self.pattern[:, q0:q1, k0:k1], g_z[:, q0:q1]
+                )
+        return out
+
+
+#: Key positions per block of a long prompt's pattern transpose (:meth:`BlockTranspose._pattern_t`).
+_KEY_BLOCK = 256
+
+
+def _bands(pattern: torch.Tensor) -> tuple[tuple[int, int, int, int], ...]:
+    """``(k0, k1, q0, q1)`` per block of :data:`_KEY_BLOCK` key positions: the query rows
+    holding every nonzero entry of ``pattern[:, :, k0:k1]`` (``(H, n, n)``)."""
+    n = pattern.shape[-1]
+    rows = (pattern != 0).any(0)  # (n queries, n keys)
+    out = []
+    for k0 in range(0, n, _KEY_BLOCK):
+        k1 = min(n, k0 + _KEY_BLOCK)
+        nz = torch.nonzero(rows[:, k0:k1].any(1)).flatten()
+        q0, q1 = (int(nz[0]), int(nz[-1]) + 1) if len(nz) else (k0, k0)
+        out.append((k0, k1, q0, q1))
+    return tuple(out)
 
 
 def _norm(
@@ -256,6 +299,7 @@ def block_transpose(
         mask = torch.ones(heads, dtype=cfg.dtype, device=w_v.device)
         mask[list(frozen_heads)] = 0.0
     p = pattern.detach()[0]
+    causal = bool((torch.triu(p, diagonal=1) == 0).all())
     return BlockTranspose(
         ln1=ln1,  # type: ignore[arg-type]
         attn_post=attn_post,  # type: ignore[arg-type]
@@ -270,7 +314,8 @@ def block_transpose(
         head_mask=mask,
         w_skip=skip,
         parallel=bool(cfg.parallel_attn_mlp),
-        causal=bool((torch.triu(p, diagonal=1) == 0).all()),
+        causal=causal,
+        bands=_bands(p) if causal and p.shape[-1] > 2 * _KEY_BLOCK else (),
     )
 
 
