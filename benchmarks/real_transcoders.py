@@ -6,8 +6,8 @@ Not trained: *calibrated* to a realistic density. Per layer, a JumpReLU transcod
 * encoder rows are random unit directions, half drawn from the clean MLP inputs' distribution
   (``V diag(sqrt(eig)) g``: the principal directions weighted by their spread) and half uniform
   on the sphere, with ``b_enc = -mean(x) . w`` (centred pre-activations);
-* thresholds are set per feature so that it fires on ``ACTIVE / F`` of the calibration tokens
-  (``ACTIVE = 100``): about 60-150 features are active per token;
+* thresholds are set per feature so that it fires on ``ACTIVE / F`` of the distinct calibration
+  contexts (``ACTIVE = 100``), half-way between two distinct pre-activations (no ties): about 60-150 features are active per token;
 * decoder is the ridge least-squares fit of the MLP output (``hook_mlp_out``) from the
   activations on text the model generated itself (the dual form, ``A^T (A A^T + lam I)^-1 Y``;
   ``lam`` picked on held-out text), ``b_dec`` the mean output, so that the error nodes are
@@ -185,8 +185,13 @@ def calibrate(
     w = torch.cat([data_dirs, rand_dirs], 1)
     w = (w / w.norm(dim=0, keepdim=True)).float()  # (d, F) unit columns
     b_enc = -(mean.float() @ w)
-    pre = x @ w + b_enc
-    m = max(1, round(len(x) * ACTIVE / width))
+    # thresholds from distinct contexts only: the generated sequences share their first tokens,
+    # so the same pre-activation appears in every sequence at those positions, and a threshold
+    # placed between two copies of one value equals that value -- a tie on any prompt that
+    # starts the same way, decided by the last bit of the summation order (the first build
+    # had hundreds of such ties at position 1, where our graphs and the reference's differed)
+    pre = torch.unique(x, dim=0) @ w + b_enc
+    m = max(1, round(len(pre) * ACTIVE / width))
     top = pre.topk(m + 1, dim=0).values  # (m+1, F)
     threshold = (0.5 * (top[m - 1] + top[m])).clamp_min(1e-3)
     del top
