@@ -66,11 +66,7 @@ def max_feature_nodes(mode: str) -> int | None:
 
 def _hwm_mb() -> float:
     """Peak RSS since the last :func:`_reset_peak` (``VmHWM``)."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
+    return _status_mb("VmHWM")
 
 
 def _reset_peak() -> None:
@@ -79,9 +75,14 @@ def _reset_peak() -> None:
 
 
 def _rss_mb() -> float:
+    return _status_mb("VmRSS")
+
+
+def _status_mb(key: str) -> float:
+    """``key`` (``VmRSS``, ``VmHWM``) of this process from ``/proc/self/status``, in MB."""
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(key + ":"):
                 return int(line.split()[1]) / 1024
     return float("nan")
 
