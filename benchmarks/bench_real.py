@@ -87,6 +87,21 @@ def _status_mb(key: str) -> float:
     return float("nan")
 
 
+def _page_in(ts) -> None:
+    """Read every transcoder tensor once, so that ``RSS before`` holds them.
+
+    SAELens' loaders return tensors backed by the safetensors file's memory map: their pages
+    enter RSS on first touch, during the first ``attribute`` (Gemma 3 16k: ~1.3 GB, every
+    ``W_enc`` and the decoder rows of the active features). The reference copies its weights
+    into its own modules before its measurement starts, so without this our working memory
+    would count our inputs being read and its would not.
+    """
+    with torch.no_grad():
+        for tc in ts.transcoders:
+            for t in tc.state_dict().values():
+                t.sum()
+
+
 def _n_active(model, ts, tokens: torch.Tensor) -> int:
     from sae_circuits.core.hooks import resolve_hook, scoped_hooks
 
@@ -175,6 +190,7 @@ def run_one(
     est_gb = n_active * sources / 4 * 12 / 2**30
     if mode == "full" and est_gb > mem_gb:
         return {**row, "skipped": f"full graph ~{est_gb:.0f} GB (> --mem-gb {mem_gb:g})"}
+    _page_in(ts)
     rss_before = _rss_mb()
     _reset_peak()
     t1 = time.perf_counter()
