@@ -161,6 +161,17 @@ def _id_tokenizer(d_vocab: int, bos_id: int):
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=f"t{bos_id}", unk_token="t1")
 
 
+def _trim() -> None:
+    """Give memory that is free but still mapped back to the system (glibc ``malloc_trim``),
+    so that RSS before ``attribute`` holds only what is in use (repeats ``bench_real._trim``:
+    this runner cannot import ``bench_real``)."""
+    import contextlib
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 def _status_mb(key: str) -> float:
     """``VmRSS`` / ``VmHWM`` of this process from ``/proc/self/status``, in MB."""
     with open("/proc/self/status") as f:
@@ -213,6 +224,7 @@ def main() -> None:
     logits_rel = float((lg - ours_lg).abs().max() / ours_lg.abs().max())
     tokens = torch.tensor(json.loads(Path(a.save + ".tokens.json").read_text()))
     model.tokenizer = _id_tokenizer(model.cfg.d_vocab, int(tokens[0]))
+    _trim()  # the same baseline as bench_real: freed memory back to the system first
     rss_before = _status_mb("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # VmHWM from here: the working memory
     t1 = time.perf_counter()

@@ -102,6 +102,20 @@ def _page_in(ts) -> None:
                 t.sum()
 
 
+def _trim() -> None:
+    """Give memory that is free but still mapped back to the system (glibc ``malloc_trim``).
+
+    Without it, memory freed before the measurement (the loader's buffers, the model forward
+    that counts active features) stays in RSS, and ``attribute`` reuses it without raising
+    the peak: working memory would read near zero.
+    """
+    import contextlib
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 def _n_active(model, ts, tokens: torch.Tensor) -> int:
     from sae_circuits.core.hooks import resolve_hook, scoped_hooks
 
@@ -191,6 +205,7 @@ def run_one(
     if mode == "full" and est_gb > mem_gb:
         return {**row, "skipped": f"full graph ~{est_gb:.0f} GB (> --mem-gb {mem_gb:g})"}
     _page_in(ts)
+    _trim()
     rss_before = _rss_mb()
     _reset_peak()
     t1 = time.perf_counter()

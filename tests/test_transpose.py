@@ -228,3 +228,56 @@ def test_banded_pattern_transpose_skips_only_zero_blocks(arch, monkeypatch):
     banded = sc.attribute(model, PROMPT, ts, batch_size=64)
     assert banded.nodes.equals(whole.nodes)
     assert_close(banded.adjacency, whole.adjacency, what="banded vs whole pattern transpose")
+
+
+@pytest.mark.parametrize("kind", ("relu", "jumprelu_skip"))
+@pytest.mark.parametrize("arch", ARCHS4)
+def test_inject_equals_the_transpose_of_a_one_position_direction(arch, kind):
+    """``inject`` (W_O^T on one vector, W_V^T per head) = the block's transpose of ``g_x``."""
+    model, ts = _setup(arch, kind)
+    resolved = check_compatible(model, ts)
+    frozen = {1: [0]} if arch == "llama" else None  # a masked head on one path
+    tr = trace(model, to_tokens(model, PROMPT), resolved, frozen_heads=frozen)
+    gen = torch.Generator().manual_seed(7)
+    n = tr.n_pos
+    positions = torch.tensor([0, n - 1, n // 2, n // 2, 1])
+    for layer, tp in enumerate(tr._transposes):
+        assert tp is not None
+        d_in, d = tr._in_shapes[layer][-1], tr._out_shapes[layer][-1]
+        vectors = torch.randn(len(positions), d_in, generator=gen)
+        for m in (n, n - 1 if tp.causal else n):
+            keep = positions < m
+            pos, vec = positions[keep], vectors[keep]
+            g_x = torch.zeros(len(pos), m, d_in)
+            g_x[torch.arange(len(pos)), pos] = vec
+            want, src = tp(torch.zeros(len(pos), m, d), g_x)
+            assert float(src.abs().max()) == 0.0  # a target reading this MLP input: no source
+            got = tp.inject(pos, vec, m)
+            assert got.shape == want.shape
+            assert_close(got, want, what=f"inject, layer {layer}, m {m}")
+
+
+def test_rows_in_any_layer_order_equal_rows_in_layer_order():
+    """Targets are carried in ascending layer order inside a slice; the caller's order of
+    features and logits, mixed, gives the same rows in its own order."""
+    model, ts = _setup("gemma3", "jumprelu_skip")
+    tr = trace(model, to_tokens(model, PROMPT), check_compatible(model, ts))
+    ids = torch.tensor([3, 5, 11])
+    layers = torch.cat([tr.feature_layer, torch.full((3,), tr.n_layers)])
+    positions = torch.cat([tr.feature_pos, torch.full((3,), tr.n_pos - 1)])
+    vectors = torch.cat([tr.encoder_vectors(torch.arange(tr.n_active)), tr.logit_vectors(ids)])
+    width = tr.n_sources
+    ordered = torch.zeros(len(layers), width)
+    tr._rows_explicit(layers, positions, vectors, ordered, tr.n_active, tr._transposes)  # type: ignore[arg-type]
+    perm = torch.randperm(len(layers), generator=torch.Generator().manual_seed(1))
+    shuffled = torch.zeros(len(layers), width)
+    tr._rows_explicit(
+        layers[perm],
+        positions[perm],
+        vectors[perm],
+        shuffled,
+        tr.n_active,
+        tr._transposes,  # type: ignore[arg-type]
+    )
+    assert float(ordered.abs().max()) > 0
+    assert_close(shuffled, ordered[perm], what="rows in a shuffled layer order")

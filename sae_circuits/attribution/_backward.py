@@ -352,46 +352,53 @@ class Trace:
         """:meth:`_rows` with every block's explicit transpose (``_transpose``), no autograd.
 
         With causal patterns the gradients live on the first ``m`` positions (one past the
-        slice's last target position) in every block: everything runs on ``m`` positions.
+        slice's last target position) in every block: everything runs on ``m`` positions. The
+        targets are taken in ascending layer order, so that in each block only those at or
+        above it are carried (a target below a block has nothing there), and the ones that
+        read the block's transcoder input enter through :meth:`BlockTranspose.inject`.
         """
         n_layers, n = self.n_layers, self.n_pos
         device, dtype, acc = self.errors.device, self.dtype, self.errors.dtype
         layers, positions = layers.to(device), positions.to(device)
         vectors = vectors.to(device, dtype)
-        batch, top = len(layers), int(layers.max())
+        top = int(layers.max())
         m = int(positions.max()) + 1 if all(t.causal for t in transposes) else n
-        bidx = torch.arange(batch, device=device)
+        order = torch.argsort(layers, stable=True)
+        in_order = bool((order == torch.arange(len(order), device=device)).all())
+        if not in_order:
+            layers, positions, vectors = layers[order], positions[order], vectors[order]
+        work = out if in_order else torch.zeros_like(out)
 
-        def injected(width: int, mask: torch.Tensor) -> torch.Tensor | None:
-            if not bool(mask.any()):
-                return None
-            inject = torch.zeros((batch, m, width), dtype=dtype, device=device)
-            inject[bidx[mask], positions[mask]] = vectors[mask]
-            return inject
+        def first(layer: int) -> int:  # targets [first(layer):] are at or above ``layer``
+            return int(torch.searchsorted(layers, layer))
 
-        grad: torch.Tensor | None = None
+        grad: torch.Tensor | None = None  # rows [first(layer + 1):] at the block's output
         for layer in range(min(top, n_layers - 1), -1, -1):
+            above, here = first(layer + 1), first(layer)
             g_out = grad
-            if layer == n_layers - 1:
-                logit = injected(int(self._out_shapes[layer][-1]), layers == n_layers)
-                if logit is not None:
-                    g_out = logit if g_out is None else g_out + logit
-            if g_out is None:
-                g_out = torch.zeros(
-                    (batch, m, int(self._out_shapes[layer][-1])), dtype=dtype, device=device
-                )
-            g_x = injected(int(self._in_shapes[layer][-1]), layers == layer)
-            grad, g_src = transposes[layer](g_out, g_x)
-            if layer == top:  # the targets read this block's MLP input
+            if layer == n_layers - 1 and above < len(layers):  # logits, at the unembed input
+                width = int(self._out_shapes[layer][-1])
+                g_out = torch.zeros((len(layers) - above, m, width), dtype=dtype, device=device)
+                g_out[torch.arange(len(g_out), device=device), positions[above:]] = vectors[above:]
+            g_src = None
+            if g_out is not None:
+                grad, g_src = transposes[layer](g_out, None)
+            if here < above:
+                new = transposes[layer].inject(positions[here:above], vectors[here:above], m)
+                grad = new if grad is None else torch.cat([new, grad])
+            if g_src is None:  # nothing above this block's MLP input yet
                 continue
             g = g_src.to(acc)  # (B, m, d): the writers at positions >= m get nothing
+            rows = work[above:]
             for group in self._writers[layer]:
-                out.index_add_(1, *group.contract(g))
+                rows.index_add_(1, *group.contract(g))
             base = n_features + layer * n
-            out[:, base : base + m] = _per_position_dot(g[:, :m], self.errors[layer, :m])
+            rows[:, base : base + m] = _per_position_dot(g, self.errors[layer, :m])
         if grad is not None:  # hook_embed adds straight into block 0's input
             base = n_features + n_layers * n
-            out[:, base : base + m] = _per_position_dot(grad.to(acc), self.embeds[:m])
+            work[:, base : base + m] = _per_position_dot(grad.to(acc), self.embeds[:m])
+        if not in_order:
+            out[order] = work
 
 
 @dataclass(frozen=True)

@@ -73,6 +73,15 @@ class _Norm:
             g = g - g.mean(-1, keepdim=True)
         return g
 
+    def transpose_at(self, g: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """``(k, d)`` vectors, one at each of ``positions`` ``(k,)`` -> the map's transpose there."""
+        if self.weight is not None:
+            g = g * self.weight
+        g = g / self.scale[positions]
+        if self.center:
+            g = g - g.mean(-1, keepdim=True)
+        return g
+
 
 def _t(norm: _Norm | None, g: torch.Tensor) -> torch.Tensor:
     return g if norm is None else norm.transpose(g)
@@ -154,6 +163,40 @@ class BlockTranspose:
         if self.parallel and g_mlp_in is not None:
             g_in = g_in + g_mlp_in
         return g_in, g_src
+
+    def inject(self, positions: torch.Tensor, vectors: torch.Tensor, m: int) -> torch.Tensor:
+        """Gradients at the block's input of targets that read its transcoder input.
+
+        The same as ``self(zeros, g_x)[0]`` with ``g_x`` holding ``vectors[i]`` at
+        ``positions[i]`` and zero elsewhere, without the products on the zero positions: such a
+        target's gradient sits at one position until the attention pattern spreads it, so
+        ``W_O^T`` runs on one vector, and ``W_V^T`` per head before the pattern (``H`` products
+        instead of one per key position). Its gradient at the transcoder output is zero.
+
+        Args:
+            positions: ``(k,)`` the targets' positions (``< m``).
+            vectors: ``(k, d_in)`` their directions at the transcoder input.
+            m: Positions of the result (the slice's causal cone; ``n`` unless :attr:`causal`).
+
+        Returns:
+            ``(k, m, d_model)`` gradients at the block's input.
+        """
+        k, rows = len(positions), torch.arange(len(positions), device=positions.device)
+        g = vectors if self.in_map is None else self.in_map.transpose_at(vectors, positions)
+        out = g.new_zeros(k, m, g.shape[-1])
+        out[rows, positions] = g  # the residual path
+        if self.parallel:  # the attention reads the block's input, not the MLP's
+            return out
+        a = g if self.attn_post is None else self.attn_post.transpose_at(g, positions)
+        kv, d = self.heads // self.rep, a.shape[-1]
+        z = (a @ self.w_o.T).view(k, kv, self.rep, -1)  # (k, K, rep, e)
+        if self.head_mask is not None:
+            z = z * self.head_mask.view(kv, self.rep, 1)
+        w_v = self.w_v.view(d, kv, -1).permute(1, 2, 0)  # (K, e, d)
+        u = torch.bmm(z.permute(1, 0, 2, 3).reshape(kv, k * self.rep, -1), w_v)
+        u = u.view(kv, k, self.rep, d).permute(1, 0, 2, 3).reshape(k, self.heads, d)
+        p = self.pattern[:, positions, :m].permute(1, 2, 0)  # (k, m keys, H)
+        return out + _t(self.ln1, torch.bmm(p, u))
 
     def _pattern_t(self, g_z: torch.Tensor) -> torch.Tensor:
         """``(B, m, H, e)`` gradients at the heads' outputs -> at their values: each head's
