@@ -10,6 +10,7 @@ generic paths, with and without position bands), and the fallbacks are exercised
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 from itertools import pairwise
 
@@ -241,7 +242,10 @@ def test_inject_equals_the_transpose_of_a_one_position_direction(arch, kind):
     gen = torch.Generator().manual_seed(7)
     n = tr.n_pos
     positions = torch.tensor([0, n - 1, n // 2, n // 2, 1])
-    for layer, tp in enumerate(tr._transposes):
+    # the same blocks read as parallel (GPT-J, NeoX): inject's other branch against __call__'s
+    blocks = [(layer, tp) for layer, tp in enumerate(tr._transposes)]
+    blocks += [(layer, dataclasses.replace(tp, parallel=True)) for layer, tp in blocks[:1]]
+    for layer, tp in blocks:
         assert tp is not None
         d_in, d = tr._in_shapes[layer][-1], tr._out_shapes[layer][-1]
         vectors = torch.randn(len(positions), d_in, generator=gen)

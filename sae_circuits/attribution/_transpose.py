@@ -64,20 +64,12 @@ class _Norm:
     weight: torch.Tensor | None  # (d,)
     center: bool
 
-    def transpose(self, g: torch.Tensor) -> torch.Tensor:
-        """``(B, m, d)`` -> ``(B, m, d)``: the map's transpose on the first ``m`` positions."""
+    def transpose(self, g: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """The map's transpose: ``(B, m, d)`` on the first ``m`` positions, or, given
+        ``positions`` ``(k,)``, ``(k, d)`` vectors, one at each of those positions."""
         if self.weight is not None:
             g = g * self.weight
-        g = g / self.scale[: g.shape[1]]
-        if self.center:
-            g = g - g.mean(-1, keepdim=True)
-        return g
-
-    def transpose_at(self, g: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """``(k, d)`` vectors, one at each of ``positions`` ``(k,)`` -> the map's transpose there."""
-        if self.weight is not None:
-            g = g * self.weight
-        g = g / self.scale[positions]
+        g = g / (self.scale[: g.shape[1]] if positions is None else self.scale[positions])
         if self.center:
             g = g - g.mean(-1, keepdim=True)
         return g
@@ -182,12 +174,12 @@ class BlockTranspose:
             ``(k, m, d_model)`` gradients at the block's input.
         """
         k, rows = len(positions), torch.arange(len(positions), device=positions.device)
-        g = vectors if self.in_map is None else self.in_map.transpose_at(vectors, positions)
+        g = vectors if self.in_map is None else self.in_map.transpose(vectors, positions)
         out = g.new_zeros(k, m, g.shape[-1])
         out[rows, positions] = g  # the residual path
         if self.parallel:  # the attention reads the block's input, not the MLP's
             return out
-        a = g if self.attn_post is None else self.attn_post.transpose_at(g, positions)
+        a = g if self.attn_post is None else self.attn_post.transpose(g, positions)
         kv, d = self.heads // self.rep, a.shape[-1]
         z = (a @ self.w_o.T).view(k, kv, self.rep, -1)  # (k, K, rep, e)
         if self.head_mask is not None:
