@@ -285,3 +285,58 @@ def test_rows_in_any_layer_order_equal_rows_in_layer_order():
     )
     assert float(ordered.abs().max()) > 0
     assert_close(shuffled, ordered[perm], what="rows in a shuffled layer order")
+
+
+@pytest.mark.parametrize("kind", ("relu", "jumprelu_skip"))
+def test_parallel_blocks_are_exact_on_both_paths(kind, monkeypatch):
+    """GPT-NeoX-style blocks (attention and MLP both read the block's input): the explicit
+    transpose equals each block's VJP, both paths give one graph, and its columns equal the
+    direct effects measured in a frozen float64 copy."""
+    import numpy as np
+
+    from .oracle import FrozenOracle, sample_sources, worst_column_error
+
+    model = tiny_model("neox", seed=0)
+    ts = sc.load_transcoders(tiny_transcoders(model, kind, seed=0))  # type: ignore[arg-type]
+    tr = trace(model, to_tokens(model, PROMPT), check_compatible(model, ts))
+    assert all(t is not None and t.parallel for t in tr._transposes)
+    for layer, tp in enumerate(tr._transposes):
+        assert tp is not None
+        err = check_transpose(tp, tr._vjps[layer], tr._out_shapes[layer], tr._in_shapes[layer])
+        assert err <= RTOL, (layer, err)
+    explicit = sc.attribute(model, PROMPT, ts, batch_size=64)
+    oracle = FrozenOracle(model, ts, torch.tensor(explicit.metadata["tokens"]))
+    sources = sample_sources(explicit, np.random.default_rng(0))
+    assert len(sources) >= 10
+    assert worst_column_error(explicit, oracle, sources) < 1e-4
+    _generic(monkeypatch)
+    generic = sc.attribute(model, PROMPT, ts, batch_size=64)
+    assert explicit.nodes.equals(generic.nodes)
+    assert_close(explicit.adjacency, generic.adjacency, what="explicit vs generic transpose")
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_multi_query_blocks_fold_the_heads_into_one_product(arch, monkeypatch):
+    """One key/value head (Gemma 3 270M): the pattern's transpose is one product over the
+    ``(q, h)`` rows; it equals each block's VJP (with a frozen head, and banded) and gives the
+    generic path's graph."""
+    from sae_circuits.attribution import _transpose
+
+    model = tiny_model(arch, seed=0, n_key_value_heads=1)  # type: ignore[arg-type]
+    ts = sc.load_transcoders(tiny_transcoders(model, "relu", seed=0))
+    resolved = check_compatible(model, ts)
+    tokens = to_tokens(model, PROMPT)
+    for key_block in (_transpose._KEY_BLOCK, 2):  # whole; blocks of 2 keys (banded past 4)
+        monkeypatch.setattr(_transpose, "_KEY_BLOCK", key_block)
+        tr = trace(model, tokens, resolved, frozen_heads={1: [2]})
+        for layer, tp in enumerate(tr._transposes):
+            assert tp is not None and tp.rep == model.cfg.n_heads
+            assert bool(tp.bands) == (key_block == 2)
+            err = check_transpose(tp, tr._vjps[layer], tr._out_shapes[layer], tr._in_shapes[layer])
+            assert err <= RTOL, (key_block, layer, err)
+    monkeypatch.setattr(_transpose, "_KEY_BLOCK", 2)
+    explicit = sc.attribute(model, PROMPT, ts, batch_size=64)
+    _generic(monkeypatch)
+    generic = sc.attribute(model, PROMPT, ts, batch_size=64)
+    assert explicit.nodes.equals(generic.nodes)
+    assert_close(explicit.adjacency, generic.adjacency, what="explicit vs generic transpose")

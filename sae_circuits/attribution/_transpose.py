@@ -67,12 +67,24 @@ class _Norm:
     def transpose(self, g: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
         """The map's transpose: ``(B, m, d)`` on the first ``m`` positions, or, given
         ``positions`` ``(k,)``, ``(k, d)`` vectors, one at each of those positions."""
-        if self.weight is not None:
-            g = g * self.weight
-        g = g / (self.scale[: g.shape[1]] if positions is None else self.scale[positions])
+        g = g * self._factor(g.shape[1] if positions is None else positions)
         if self.center:
             g = g - g.mean(-1, keepdim=True)
         return g
+
+    def add_transpose(self, base: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        """``base + transpose(g)`` for ``(B, m, d)`` tensors, in one pass where the norm does
+        not centre."""
+        if self.center:
+            return base + self.transpose(g)
+        return torch.addcmul(base, g, self._factor(g.shape[1]))
+
+    def _factor(self, at: int | torch.Tensor) -> torch.Tensor:
+        """``weight / scale`` on the first ``at`` positions, or at the positions ``at``:
+        ``(m, d)`` (or ``(m, 1)`` without a weight), one small tensor instead of a pass over
+        the gradients for each."""
+        scale = self.scale[:at] if isinstance(at, int) else self.scale[at]
+        return 1.0 / scale if self.weight is None else self.weight / scale
 
 
 def _t(norm: _Norm | None, g: torch.Tensor) -> torch.Tensor:
@@ -145,13 +157,9 @@ class BlockTranspose:
         g_mid = g if g_mlp_in is None or self.parallel else g + g_mlp_in
         batch, m, d = g_mid.shape
         g_z = (_t(self.attn_post, g_mid).reshape(-1, d) @ self.w_o.T).view(batch, m, self.heads, -1)
-        if self.head_mask is not None:
-            g_z = g_z * self.head_mask[:, None]
-        g_v = self._pattern_t(g_z)
-        if self.rep > 1:
-            g_v = g_v.reshape(batch, m, self.heads // self.rep, self.rep, -1).sum(3)
+        g_v = self._values_t(g_z)
         g_a = (g_v.reshape(batch * m, -1) @ self.w_v.T).view(batch, m, d)
-        g_in = g_mid + _t(self.ln1, g_a)
+        g_in = g_mid + g_a if self.ln1 is None else self.ln1.add_transpose(g_mid, g_a)
         if self.parallel and g_mlp_in is not None:
             g_in = g_in + g_mlp_in
         return g_in, g_src
@@ -190,29 +198,43 @@ class BlockTranspose:
         p = self.pattern[:, positions, :m].permute(1, 2, 0)  # (k, m keys, H)
         return out + _t(self.ln1, torch.bmm(p, u))
 
-    def _pattern_t(self, g_z: torch.Tensor) -> torch.Tensor:
-        """``(B, m, H, e)`` gradients at the heads' outputs -> at their values: each head's
-        pattern transposed over positions, on the first ``m`` (causal) and, past
-        ``2 * _KEY_BLOCK`` positions, block by block of keys over the query rows with nonzero
-        entries only."""
-        m = g_z.shape[1]
-        if not self.causal:
-            return torch.einsum("hqk,bqhe->bkhe", self.pattern, g_z)
-        if m <= 2 * _KEY_BLOCK or not self.bands:
-            return torch.einsum("hqk,bqhe->bkhe", self.pattern[:, :m, :m], g_z)
-        out = g_z.new_zeros(g_z.shape)
+    def _values_t(self, g_z: torch.Tensor) -> torch.Tensor:
+        """``(B, m, H, e)`` gradients at the heads' outputs -> ``(B, m, K, e)`` at the values:
+        each head's pattern transposed over positions and summed over the query heads of a
+        key/value group, on the first ``m`` positions (causal) and, past ``2 * _KEY_BLOCK``
+        positions, block by block of keys over the query rows with nonzero entries only."""
+        batch, m = g_z.shape[:2]
+        if not self.causal or m <= 2 * _KEY_BLOCK or not self.bands:
+            return self._mix(self.pattern[:, :m, :m], g_z)
+        out = g_z.new_zeros(batch, m, self.heads // self.rep, g_z.shape[-1])
         for k0, k1, q0, q1 in self.bands:
             if k0 >= m:
                 break
             k1, q1 = min(k1, m), min(q1, m)
             if q1 > q0:
-                out[:, k0:k1] = torch.einsum(
-                    "hqk,bqhe->bkhe", self.pattern[:, q0:q1, k0:k1], g_z[:, q0:q1]
-                )
+                out[:, k0:k1] = self._mix(self.pattern[:, q0:q1, k0:k1], g_z[:, q0:q1])
         return out
 
+    def _mix(self, pattern: torch.Tensor, g_z: torch.Tensor) -> torch.Tensor:
+        """``sum_{h in group, q} pattern[h, q, k] g_z[b, q, h]``: ``(H, q, k)``, ``(B, q, H, e)``
+        -> ``(B, k, K, e)``. With one key/value head (multi-query attention, Gemma 3 270M) that
+        is one batched product over the ``(q, h)`` rows of ``g_z`` as they lie in memory (no
+        permuted copies, the sum over heads inside the product); frozen heads are zero rows of
+        the pattern."""
+        if self.head_mask is not None:
+            pattern = pattern * self.head_mask[:, None, None]
+        batch, q, heads, e = g_z.shape
+        k = pattern.shape[-1]
+        if self.rep == heads:
+            rows = pattern.permute(2, 1, 0).reshape(k, q * heads)  # [k, (q, h)]
+            return torch.matmul(rows, g_z.reshape(batch, q * heads, e)).view(batch, k, 1, e)
+        g_v = torch.einsum("hqk,bqhe->bkhe", pattern, g_z)
+        if self.rep > 1:
+            g_v = g_v.reshape(batch, k, heads // self.rep, self.rep, e).sum(3)
+        return g_v
 
-#: Key positions per block of a long prompt's pattern transpose (:meth:`BlockTranspose._pattern_t`).
+
+#: Key positions per block of a long prompt's pattern transpose (:meth:`BlockTranspose._values_t`).
 _KEY_BLOCK = 256
 
 

@@ -1,6 +1,6 @@
 """Tiny models and transcoders built from configs, offline, for tests, examples and the demo.
 
-Three architecture styles that TransformerLens supports and that stress different parts of
+Architecture styles that TransformerLens supports and that stress different parts of
 attribution:
 
 * ``"gpt2"``: LayerNorm (centring is part of the linear map), learned positional embeddings,
@@ -9,6 +9,9 @@ attribution:
   MLP's own input/output (``mlp.hook_in`` -> ``mlp.hook_out``, as the public Llama/Qwen releases).
 * ``"gemma2"``: RMSNorm before *and* after attention and MLP, attention and output soft-caps,
   alternating local/global attention; transcoders on ``ln2.hook_normalized`` -> ``hook_mlp_out``.
+  (``"gemma3"`` adds QK-norm and a second rotary base for the local layers.)
+* ``"neox"``: a parallel block (GPT-NeoX, GPT-J: attention and MLP both read the block's input),
+  LayerNorm, partial rotary; transcoders on ``ln2.hook_normalized`` -> ``hook_mlp_out``.
 
 Weights are random but deliberately large, so the model is far from linear and an attribution
 mistake shows. Transcoder encoder biases are calibrated on a prompt so a chosen fraction of
@@ -35,7 +38,7 @@ if TYPE_CHECKING:
 
 __all__ = ["ARCHS", "HOOKS", "KINDS", "tiny_clt", "tiny_model", "tiny_transcoders"]
 
-Arch = Literal["gpt2", "llama", "gemma2"]
+Arch = Literal["gpt2", "llama", "gemma2", "gemma3", "neox"]
 Kind = Literal["relu", "jumprelu", "skip", "jumprelu_skip", "topk"]
 #: The transcoder kinds :func:`tiny_transcoders` builds.
 KINDS: tuple[str, ...] = ("relu", "jumprelu", "skip", "jumprelu_skip", "topk")
@@ -76,6 +79,14 @@ ARCHS: dict[str, dict[str, Any]] = {
         rotary_base_local=10_000,
         original_architecture="Gemma3ForCausalLM",
     ),
+    # GPT-NeoX: attention and MLP in parallel on the block's input, rotary on half of each head
+    "neox": dict(
+        act_fn="gelu",
+        normalization_type="LN",
+        positional_embedding_type="rotary",
+        parallel_attn_mlp=True,
+        original_architecture="GPTNeoXForCausalLM",
+    ),
 }
 
 #: Transcoder input/output hook suffixes of each style, as the public releases use them.
@@ -83,6 +94,7 @@ HOOKS: dict[str, tuple[str, str]] = {
     "gpt2": ("hook_resid_mid", "hook_mlp_out"),
     "llama": ("mlp.hook_in", "mlp.hook_out"),
     "gemma2": ("ln2.hook_normalized", "hook_mlp_out"),
+    "neox": ("ln2.hook_normalized", "hook_mlp_out"),
 }
 
 
@@ -96,14 +108,17 @@ def tiny_model(
     d_vocab: int = 64,
     n_ctx: int = 64,
     weight_scale: float = 1.0,
+    n_key_value_heads: int | None = None,
 ) -> HookedTransformer:
     """A small random ``HookedTransformer`` of one architecture style, with a word tokenizer.
 
     Args:
-        arch: ``"gpt2"``, ``"llama"`` or ``"gemma2"``.
+        arch: ``"gpt2"``, ``"llama"``, ``"gemma2"``, ``"gemma3"`` or ``"neox"``.
         seed: Seed of the weights.
         n_layers, d_model, n_heads, d_vocab, n_ctx: Sizes.
         weight_scale: Multiplier on the random matrices (larger: more non-linear).
+        n_key_value_heads: Key/value heads of a grouped-query style (``"llama"``, the Gemmas;
+            ``1``: multi-query attention); default the style's (2).
 
     Returns:
         A float32 CPU model whose ``tokenizer`` maps words ``t0 ... t{d_vocab-1}`` to ids.
@@ -111,6 +126,13 @@ def tiny_model(
     if arch not in ARCHS:
         raise ValueError(f"unknown arch {arch!r}; valid choices: {', '.join(ARCHS)}")
     kw = dict(ARCHS[arch])
+    if n_key_value_heads is not None:
+        if "n_key_value_heads" not in kw or n_heads % n_key_value_heads:
+            raise ValueError(
+                f"n_key_value_heads={n_key_value_heads} needs a grouped-query style "
+                f"(llama, gemma2, gemma3) and must divide n_heads={n_heads}"
+            )
+        kw["n_key_value_heads"] = n_key_value_heads
     d_head = d_model // n_heads
     kw.update(
         n_layers=n_layers,
@@ -125,7 +147,7 @@ def tiny_model(
         seed=seed,
     )
     if kw.get("positional_embedding_type") == "rotary":
-        kw["rotary_dim"] = d_head
+        kw["rotary_dim"] = d_head // 2 if kw.get("parallel_attn_mlp") else d_head
     if arch in ("gemma2", "gemma3"):
         kw["attn_types"] = (["global", "local"] * n_layers)[:n_layers]
     model = HookedTransformer(HookedTransformerConfig(**kw))
@@ -189,6 +211,8 @@ def tiny_transcoders(
     style = (
         "gemma2"
         if cfg.use_normalization_before_and_after
+        else "neox"
+        if cfg.parallel_attn_mlp
         else ("llama" if cfg.gated_mlp else "gpt2")
     )
     hin, hout = hooks or HOOKS[style]
