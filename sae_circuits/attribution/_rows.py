@@ -83,13 +83,16 @@ class RowStore:
                 cut = np.partition(absolute, n_cols - self.keep, axis=1)[:, n_cols - self.keep]
                 dense = np.where(absolute >= cut[:, None], dense, np.float32(0))
             del absolute
-        flat = np.flatnonzero(dense)
+        nonzero = dense != 0  # one scan; the flat positions' row starts give the columns
+        counts = np.count_nonzero(nonzero, axis=1)
+        flat = np.flatnonzero(nonzero)
+        del nonzero
         # scipy gives indices and indptr one dtype: int32 for both where they fit, else 12 B/edge
         idx_dtype = _index_dtype(len(flat), self.n_sources)
         indptr = np.zeros(n_rows + 1, dtype=idx_dtype)
-        np.cumsum(np.count_nonzero(dense, axis=1), out=indptr[1:])
+        np.cumsum(counts, out=indptr[1:])
         data = dense.ravel()[flat]
-        np.remainder(flat, n_cols, out=flat)
+        flat -= np.repeat(np.arange(0, n_rows * n_cols, n_cols, dtype=np.int64), counts)
         if width:
             np.add(flat, width, out=flat, where=flat >= at)
         indices = flat.astype(idx_dtype)
