@@ -340,3 +340,9 @@ def test_multi_query_blocks_fold_the_heads_into_one_product(arch, monkeypatch):
     generic = sc.attribute(model, PROMPT, ts, batch_size=64)
     assert explicit.nodes.equals(generic.nodes)
     assert_close(explicit.adjacency, generic.adjacency, what="explicit vs generic transpose")
+
+
+@pytest.mark.parametrize(("arch", "kv"), [("gpt2", 1), ("llama", 3), ("llama", 0)])
+def test_tiny_model_rejects_key_value_heads_it_cannot_build(arch, kv):
+    with pytest.raises(ValueError, match=r"n_key_value_heads=.*grouped-query style.*n_heads=4"):
+        tiny_model(arch, n_key_value_heads=kv)

@@ -127,7 +127,7 @@ def tiny_model(
         raise ValueError(f"unknown arch {arch!r}; valid choices: {', '.join(ARCHS)}")
     kw = dict(ARCHS[arch])
     if n_key_value_heads is not None:
-        if "n_key_value_heads" not in kw or n_heads % n_key_value_heads:
+        if "n_key_value_heads" not in kw or n_key_value_heads < 1 or n_heads % n_key_value_heads:
             raise ValueError(
                 f"n_key_value_heads={n_key_value_heads} needs a grouped-query style "
                 f"(llama, gemma2, gemma3) and must divide n_heads={n_heads}"
