@@ -91,6 +91,11 @@ def _t(norm: _Norm | None, g: torch.Tensor) -> torch.Tensor:
     return g if norm is None else norm.transpose(g)
 
 
+def _add_t(norm: _Norm | None, base: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """``base + _t(norm, g)``, in one pass where the norm does not centre."""
+    return base + g if norm is None else norm.add_transpose(base, g)
+
+
 @dataclass(frozen=True)
 class BlockTranspose:
     """The transpose of one frozen block (see the module docstring).
@@ -159,7 +164,7 @@ class BlockTranspose:
         g_z = (_t(self.attn_post, g_mid).reshape(-1, d) @ self.w_o.T).view(batch, m, self.heads, -1)
         g_v = self._values_t(g_z)
         g_a = (g_v.reshape(batch * m, -1) @ self.w_v.T).view(batch, m, d)
-        g_in = g_mid + g_a if self.ln1 is None else self.ln1.add_transpose(g_mid, g_a)
+        g_in = _add_t(self.ln1, g_mid, g_a)
         if self.parallel and g_mlp_in is not None:
             g_in = g_in + g_mlp_in
         return g_in, g_src
@@ -196,7 +201,7 @@ class BlockTranspose:
         u = torch.bmm(z.permute(1, 0, 2, 3).reshape(kv, k * self.rep, -1), w_v)
         u = u.view(kv, k, self.rep, d).permute(1, 0, 2, 3).reshape(k, self.heads, d)
         p = self.pattern[:, positions, :m].permute(1, 2, 0)  # (k, m keys, H)
-        return out + _t(self.ln1, torch.bmm(p, u))
+        return _add_t(self.ln1, out, torch.bmm(p, u))
 
     def _values_t(self, g_z: torch.Tensor) -> torch.Tensor:
         """``(B, m, H, e)`` gradients at the heads' outputs -> ``(B, m, K, e)`` at the values:
