@@ -20,7 +20,7 @@ import torch
 import sae_circuits as sc
 from sae_circuits.attribution import _backward
 from sae_circuits.attribution._backward import trace
-from sae_circuits.attribution._transpose import block_transpose, check_transpose
+from sae_circuits.attribution._transpose import _Norm, block_transpose, check_transpose
 from sae_circuits.core.prompts import to_tokens
 from sae_circuits.toy import tiny_clt, tiny_model, tiny_transcoders
 from sae_circuits.transcoders._fit import check_compatible
@@ -164,7 +164,7 @@ def test_a_transpose_that_disagrees_falls_back_with_a_warning(monkeypatch, caplo
         tp = block_transpose(*args, **kwargs)
         if tp is None or args[2] != 1:
             return tp
-        return dataclasses.replace(tp, w_o=tp.w_o * 1.5)
+        return dataclasses.replace(tp, w_z=tp.w_z * 1.5)
 
     monkeypatch.setattr(_backward, "block_transpose", misread)
     with caplog.at_level(logging.WARNING, logger=_backward.__name__):
@@ -346,3 +346,27 @@ def test_multi_query_blocks_fold_the_heads_into_one_product(arch, monkeypatch):
 def test_tiny_model_rejects_key_value_heads_it_cannot_build(arch, kv):
     with pytest.raises(ValueError, match=r"n_key_value_heads=.*grouped-query style.*n_heads=4"):
         tiny_model(arch, n_key_value_heads=kv)
+
+
+@pytest.mark.parametrize("center", [False, True], ids=["rms", "layernorm"])
+@pytest.mark.parametrize("weighted", [False, True], ids=["no-weight", "weight"])
+def test_a_norm_folded_into_a_matrix_is_its_transpose_then_the_matrix(center, weighted):
+    """``fold_rows`` / ``fold_cols`` (the norms around the attention, folded into ``W_z`` and
+    ``W_a``) equal the norm's transpose applied to the gradients, up to the per-position scale
+    (which the block folds into the pattern); in float64, so any misfold shows."""
+    gen = torch.Generator().manual_seed(0)
+    n, d, x = 5, 12, 7
+    dt = torch.float64
+    scale = torch.rand(n, 1, generator=gen, dtype=dt) + 0.5
+    weight = torch.randn(d, generator=gen, dtype=dt) if weighted else None
+    norm = _Norm(scale=scale, weight=weight, center=center)
+    g = torch.randn(1, n, d, generator=gen, dtype=dt)
+    mat = torch.randn(d, x, generator=gen, dtype=dt)
+    want = norm.transpose(g)[0] @ mat
+    got = (g[0] @ norm.fold_rows(mat)) / scale
+    assert_close(got, want, rtol=1e3 * F64_EPS, what="fold_rows")
+    v = torch.randn(n, x, generator=gen, dtype=dt)
+    cols = torch.randn(x, d, generator=gen, dtype=dt)
+    want = norm.transpose((v @ cols)[None])[0]
+    got = (v @ norm.fold_cols(cols)) / scale
+    assert_close(got, want, rtol=1e3 * F64_EPS, what="fold_cols")

@@ -17,7 +17,13 @@ directions at the transcoder input:
    g_z[h]``; ``g_in = g_mid + ln1^T sum_k W_V[k]^T g_v[k]``.
 
 A frozen norm with scale ``s`` and weight ``w`` maps ``x -> center(x) / s * w``, so its
-transpose is ``g -> center(g * w / s)`` (no ``center`` for RMS norms).
+transpose is ``g -> center(g * w / s)`` (no ``center`` for RMS norms). The two norms around the
+attention cost no pass over the gradients: their weights and centring are folded into the
+matrices once per block (``W_z = diag(w) P W_O^T`` for the post-attention norm, ``W_a = W_V^T
+diag(w) P`` for ``ln1``, ``P`` the centring), and their per-position scales into the entries of
+the frozen pattern each product reads (``pattern[h, q, k] / (s_post[q] * s_ln1[k])``, on the
+slice in use: no scaled copy of the whole pattern is kept), so that step 4 is two products,
+the second one adding into ``g_mid`` (``addmm``), and the pattern's transpose between them.
 
 Compared with the generic path (``torch.func.vjp`` of the replayed block under ``vmap``), this
 runs no autograd engine, allocates no zero gradients for outputs nobody reads, folds the batch
@@ -72,12 +78,19 @@ class _Norm:
             g = g - g.mean(-1, keepdim=True)
         return g
 
-    def add_transpose(self, base: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-        """``base + transpose(g)`` for ``(B, m, d)`` tensors, in one pass where the norm does
-        not centre."""
+    def fold_rows(self, mat: torch.Tensor) -> torch.Tensor:
+        """``diag(w) P mat`` for ``(d, X)`` ``mat``: ``transpose(g) @ mat`` is ``g @ result``
+        divided by the scale at ``g``'s position."""
         if self.center:
-            return base + self.transpose(g)
-        return torch.addcmul(base, g, self._factor(g.shape[1]))
+            mat = mat - mat.mean(0, keepdim=True)
+        return mat if self.weight is None else self.weight[:, None] * mat
+
+    def fold_cols(self, mat: torch.Tensor) -> torch.Tensor:
+        """``mat diag(w) P`` for ``(X, d)`` ``mat``: ``transpose(v @ mat)`` is ``v @ result``
+        divided by the scale at ``v``'s position."""
+        if self.weight is not None:
+            mat = mat * self.weight
+        return mat - mat.mean(1, keepdim=True) if self.center else mat
 
     def _factor(self, at: int | torch.Tensor) -> torch.Tensor:
         """``weight / scale`` on the first ``at`` positions, or at the positions ``at``:
@@ -91,26 +104,23 @@ def _t(norm: _Norm | None, g: torch.Tensor) -> torch.Tensor:
     return g if norm is None else norm.transpose(g)
 
 
-def _add_t(norm: _Norm | None, base: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """``base + _t(norm, g)``, in one pass where the norm does not centre."""
-    return base + g if norm is None else norm.add_transpose(base, g)
-
-
 @dataclass(frozen=True)
 class BlockTranspose:
     """The transpose of one frozen block (see the module docstring).
 
     Attributes:
-        ln1: The attention's input norm (``None``: no norm).
-        attn_post: Gemma's post-attention norm, or ``None``.
         mlp_post: The norm between the transcoder output hook and the residual (Gemma's
             post-MLP norm when the transcoders write the MLP module's output), or ``None``.
         in_map: The map from the residual before the MLP to the transcoder input, or ``None``
             for the identity.
         final: The final norm, for the last block (its output is the unembedding's input).
-        w_o: ``(H * d_head, d_model)`` the output weights, heads stacked.
-        w_v: ``(d_model, K * d_head)`` the value weights of the ``K`` key/value heads.
-        pattern: ``(H, n, n)`` the frozen attention pattern.
+        w_z: ``(d_model, H * d_head)``: ``W_O^T``, heads stacked, with the post-attention
+            norm's weight and centring folded in (Gemma; ``W_O^T`` itself without that norm).
+        w_a: ``(K * d_head, d_model)``: ``W_V^T`` of the ``K`` key/value heads with ``ln1``'s
+            weight and centring folded in.
+        pattern: ``(H, n, n)`` the frozen attention pattern (the clean run's, not a copy).
+        q_scale: ``(n,)`` one over the post-attention norm's scale at each query, or ``None``.
+        k_scale: ``(n,)`` one over ``ln1``'s scale at each key, or ``None``.
         heads: ``H``; ``rep``: query heads per key/value head.
         head_mask: ``(H,)`` zero for heads frozen at their clean output, or ``None``.
         w_skip: ``(d_out, d_in)`` a skip transcoder's skip matrix (``W_skip``), or ``None``.
@@ -122,14 +132,14 @@ class BlockTranspose:
             window): long prompts skip the zero blocks of the pattern's transpose.
     """
 
-    ln1: _Norm | None
-    attn_post: _Norm | None
     mlp_post: _Norm | None
     in_map: _Norm | None
     final: _Norm | None
-    w_o: torch.Tensor
-    w_v: torch.Tensor
+    w_z: torch.Tensor
+    w_a: torch.Tensor
     pattern: torch.Tensor
+    q_scale: torch.Tensor | None
+    k_scale: torch.Tensor | None
     heads: int
     rep: int
     head_mask: torch.Tensor | None
@@ -161,10 +171,10 @@ class BlockTranspose:
         g_mlp_in = None if g_x is None else _t(self.in_map, g_x)
         g_mid = g if g_mlp_in is None or self.parallel else g + g_mlp_in
         batch, m, d = g_mid.shape
-        g_z = (_t(self.attn_post, g_mid).reshape(-1, d) @ self.w_o.T).view(batch, m, self.heads, -1)
+        g_z = (g_mid.reshape(-1, d) @ self.w_z).view(batch, m, self.heads, -1)
         g_v = self._values_t(g_z)
-        g_a = (g_v.reshape(batch * m, -1) @ self.w_v.T).view(batch, m, d)
-        g_in = _add_t(self.ln1, g_mid, g_a)
+        g_in = torch.addmm(g_mid.reshape(-1, d), g_v.reshape(batch * m, -1), self.w_a)
+        g_in = g_in.view(batch, m, d)
         if self.parallel and g_mlp_in is not None:
             g_in = g_in + g_mlp_in
         return g_in, g_src
@@ -175,7 +185,7 @@ class BlockTranspose:
         The same as ``self(zeros, g_x)[0]`` with ``g_x`` holding ``vectors[i]`` at
         ``positions[i]`` and zero elsewhere, without the products on the zero positions: such a
         target's gradient sits at one position until the attention pattern spreads it, so
-        ``W_O^T`` runs on one vector, and ``W_V^T`` per head before the pattern (``H`` products
+        ``W_z`` runs on one vector, and ``W_a`` per head before the pattern (``H`` products
         instead of one per key position). Its gradient at the transcoder output is zero.
 
         Args:
@@ -192,16 +202,13 @@ class BlockTranspose:
         out[rows, positions] = g  # the residual path
         if self.parallel:  # the attention reads the block's input, not the MLP's
             return out
-        a = g if self.attn_post is None else self.attn_post.transpose(g, positions)
-        kv, d = self.heads // self.rep, a.shape[-1]
-        z = (a @ self.w_o.T).view(k, kv, self.rep, -1)  # (k, K, rep, e)
-        if self.head_mask is not None:
-            z = z * self.head_mask.view(kv, self.rep, 1)
-        w_v = self.w_v.view(d, kv, -1).permute(1, 2, 0)  # (K, e, d)
-        u = torch.bmm(z.permute(1, 0, 2, 3).reshape(kv, k * self.rep, -1), w_v)
+        kv, d = self.heads // self.rep, g.shape[-1]
+        z = (g @ self.w_z).view(k, kv, self.rep, -1)  # (k, K, rep, e)
+        w_a = self.w_a.view(kv, -1, d)  # (K, e, d)
+        u = torch.bmm(z.permute(1, 0, 2, 3).reshape(kv, k * self.rep, -1), w_a)
         u = u.view(kv, k, self.rep, d).permute(1, 0, 2, 3).reshape(k, self.heads, d)
-        p = self.pattern[:, positions, :m].permute(1, 2, 0)  # (k, m keys, H)
-        return _add_t(self.ln1, out, torch.bmm(p, u))
+        p = self._entries(positions, slice(0, m)).permute(1, 2, 0)  # (k, m keys, H)
+        return torch.baddbmm(out, p, u)
 
     def _values_t(self, g_z: torch.Tensor) -> torch.Tensor:
         """``(B, m, H, e)`` gradients at the heads' outputs -> ``(B, m, K, e)`` at the values:
@@ -210,15 +217,29 @@ class BlockTranspose:
         positions, block by block of keys over the query rows with nonzero entries only."""
         batch, m = g_z.shape[:2]
         if not self.causal or m <= 2 * _KEY_BLOCK or not self.bands:
-            return self._mix(self.pattern[:, :m, :m], g_z)
+            return self._mix(self._entries(slice(0, m), slice(0, m)), g_z)
         out = g_z.new_zeros(batch, m, self.heads // self.rep, g_z.shape[-1])
         for k0, k1, q0, q1 in self.bands:
             if k0 >= m:
                 break
             k1, q1 = min(k1, m), min(q1, m)
             if q1 > q0:
-                out[:, k0:k1] = self._mix(self.pattern[:, q0:q1, k0:k1], g_z[:, q0:q1])
+                out[:, k0:k1] = self._mix(
+                    self._entries(slice(q0, q1), slice(k0, k1)), g_z[:, q0:q1]
+                )
         return out
+
+    def _entries(self, q: slice | torch.Tensor, k: slice) -> torch.Tensor:
+        """``(H, q, k)`` entries of the pattern as the products use them: divided by the
+        folded norms' scales at their query and key, frozen heads zero."""
+        f = None if self.q_scale is None else self.q_scale[q][:, None]
+        if self.k_scale is not None:
+            f = self.k_scale[k] if f is None else f * self.k_scale[k]
+        if self.head_mask is not None:
+            mask = self.head_mask[:, None, None]
+            f = mask if f is None else f * mask
+        p = self.pattern[:, q, k]
+        return p if f is None else p * f
 
     def _mix(self, pattern: torch.Tensor, g_z: torch.Tensor) -> torch.Tensor:
         """``sum_{h in group, q} pattern[h, q, k] g_z[b, q, h]``: ``(H, q, k)``, ``(B, q, H, e)``
@@ -226,8 +247,6 @@ class BlockTranspose:
         is one batched product over the ``(q, h)`` rows of ``g_z`` as they lie in memory (no
         permuted copies, the sum over heads inside the product); frozen heads are zero rows of
         the pattern."""
-        if self.head_mask is not None:
-            pattern = pattern * self.head_mask[:, None, None]
         batch, q, heads, e = g_z.shape
         k = pattern.shape[-1]
         if self.rep == heads:
@@ -362,15 +381,22 @@ def block_transpose(
         mask[list(frozen_heads)] = 0.0
     p = pattern.detach()[0]
     causal = bool((torch.triu(p, diagonal=1) == 0).all())
+    w_z = attn.W_O.detach().reshape(heads * d_head, -1).T  # (d, H e)
+    w_a = w_v.permute(1, 0, 2).reshape(w_v.shape[1], kv * d_head).T  # (K e, d)
+    q_scale = k_scale = None
+    if isinstance(attn_post, _Norm):  # folded: its weight into W_z, its scale per query
+        w_z, q_scale = attn_post.fold_rows(w_z), 1.0 / attn_post.scale[:, 0]
+    if isinstance(ln1, _Norm):  # its weight into W_a, its scale per key
+        w_a, k_scale = ln1.fold_cols(w_a), 1.0 / ln1.scale[:, 0]
     return BlockTranspose(
-        ln1=ln1,  # type: ignore[arg-type]
-        attn_post=attn_post,  # type: ignore[arg-type]
         mlp_post=mlp_post,  # type: ignore[arg-type]
         in_map=in_map,  # type: ignore[arg-type]
         final=final,  # type: ignore[arg-type]
-        w_o=attn.W_O.detach().reshape(heads * d_head, -1),
-        w_v=w_v.permute(1, 0, 2).reshape(w_v.shape[1], kv * d_head),
+        w_z=w_z.contiguous(),
+        w_a=w_a.contiguous(),
         pattern=p,
+        q_scale=q_scale,
+        k_scale=k_scale,
         heads=heads,
         rep=heads // kv,
         head_mask=mask,
@@ -417,7 +443,7 @@ def check_transpose(
         summation-order differences give ~1e-6; a misread block gives ~1).
     """
     gen = torch.Generator(device="cpu").manual_seed(seed)
-    dtype, device = transpose.w_o.dtype, transpose.w_o.device
+    dtype, device = transpose.w_z.dtype, transpose.w_z.device
     g_out = torch.randn((2, *out_shape), generator=gen, dtype=dtype).to(device)
     g_x = torch.randn((2, *in_shape), generator=gen, dtype=dtype).to(device)
     worst = 0.0
