@@ -164,7 +164,7 @@ def test_a_transpose_that_disagrees_falls_back_with_a_warning(monkeypatch, caplo
         tp = block_transpose(*args, **kwargs)
         if tp is None or args[2] != 1:
             return tp
-        return dataclasses.replace(tp, w_z=tp.w_z * 1.5)
+        return dataclasses.replace(tp, w_o=tp.w_o * 1.5)
 
     monkeypatch.setattr(_backward, "block_transpose", misread)
     with caplog.at_level(logging.WARNING, logger=_backward.__name__):

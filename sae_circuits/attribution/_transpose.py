@@ -19,11 +19,13 @@ directions at the transcoder input:
 A frozen norm with scale ``s`` and weight ``w`` maps ``x -> center(x) / s * w``, so its
 transpose is ``g -> center(g * w / s)`` (no ``center`` for RMS norms). The two norms around the
 attention cost no pass over the gradients: their weights and centring are folded into the
-matrices once per block (``W_z = diag(w) P W_O^T`` for the post-attention norm, ``W_a = W_V^T
-diag(w) P`` for ``ln1``, ``P`` the centring), and their per-position scales into the entries of
-the frozen pattern each product reads (``pattern[h, q, k] / (s_post[q] * s_ln1[k])``, on the
-slice in use: no scaled copy of the whole pattern is kept), so that step 4 is two products,
-the second one adding into ``g_mid`` (``addmm``), and the pattern's transpose between them.
+matrices (``W_z = diag(w) P W_O^T`` for the post-attention norm, ``W_a = W_V^T diag(w) P`` for
+``ln1``, ``P`` the centring), and their per-position scales into the entries of the frozen
+pattern each product reads (``pattern[h, q, k] / (s_post[q] * s_ln1[k])``), so that step 4 is
+two products, the second one adding into ``g_mid`` (``addmm``), and the pattern's transpose
+between them. Both are folded on each call, on the slice in use (a pass over the weights, about
+``1 / (B * m)`` of the products that use them): the transpose keeps no folded copy of the
+weights or the patterns, only views of the model's and the clean run's.
 
 Compared with the generic path (``torch.func.vjp`` of the replayed block under ``vmap``), this
 runs no autograd engine, allocates no zero gradients for outputs nobody reads, folds the batch
@@ -109,18 +111,16 @@ class BlockTranspose:
     """The transpose of one frozen block (see the module docstring).
 
     Attributes:
+        ln1: The attention's input norm (``None``: no norm).
+        attn_post: Gemma's post-attention norm, or ``None``.
         mlp_post: The norm between the transcoder output hook and the residual (Gemma's
             post-MLP norm when the transcoders write the MLP module's output), or ``None``.
         in_map: The map from the residual before the MLP to the transcoder input, or ``None``
             for the identity.
         final: The final norm, for the last block (its output is the unembedding's input).
-        w_z: ``(d_model, H * d_head)``: ``W_O^T``, heads stacked, with the post-attention
-            norm's weight and centring folded in (Gemma; ``W_O^T`` itself without that norm).
-        w_a: ``(K * d_head, d_model)``: ``W_V^T`` of the ``K`` key/value heads with ``ln1``'s
-            weight and centring folded in.
+        w_o: ``(H * d_head, d_model)`` the output weights, heads stacked (a view).
+        w_v: ``(d_model, K * d_head)`` the value weights of the ``K`` key/value heads.
         pattern: ``(H, n, n)`` the frozen attention pattern (the clean run's, not a copy).
-        q_scale: ``(n,)`` one over the post-attention norm's scale at each query, or ``None``.
-        k_scale: ``(n,)`` one over ``ln1``'s scale at each key, or ``None``.
         heads: ``H``; ``rep``: query heads per key/value head.
         head_mask: ``(H,)`` zero for heads frozen at their clean output, or ``None``.
         w_skip: ``(d_out, d_in)`` a skip transcoder's skip matrix (``W_skip``), or ``None``.
@@ -132,14 +132,14 @@ class BlockTranspose:
             window): long prompts skip the zero blocks of the pattern's transpose.
     """
 
+    ln1: _Norm | None
+    attn_post: _Norm | None
     mlp_post: _Norm | None
     in_map: _Norm | None
     final: _Norm | None
-    w_z: torch.Tensor
-    w_a: torch.Tensor
+    w_o: torch.Tensor
+    w_v: torch.Tensor
     pattern: torch.Tensor
-    q_scale: torch.Tensor | None
-    k_scale: torch.Tensor | None
     heads: int
     rep: int
     head_mask: torch.Tensor | None
@@ -171,9 +171,9 @@ class BlockTranspose:
         g_mlp_in = None if g_x is None else _t(self.in_map, g_x)
         g_mid = g if g_mlp_in is None or self.parallel else g + g_mlp_in
         batch, m, d = g_mid.shape
-        g_z = (g_mid.reshape(-1, d) @ self.w_z).view(batch, m, self.heads, -1)
+        g_z = (g_mid.reshape(-1, d) @ self._w_z()).view(batch, m, self.heads, -1)
         g_v = self._values_t(g_z)
-        g_in = torch.addmm(g_mid.reshape(-1, d), g_v.reshape(batch * m, -1), self.w_a)
+        g_in = torch.addmm(g_mid.reshape(-1, d), g_v.reshape(batch * m, -1), self._w_a())
         g_in = g_in.view(batch, m, d)
         if self.parallel and g_mlp_in is not None:
             g_in = g_in + g_mlp_in
@@ -203,8 +203,8 @@ class BlockTranspose:
         if self.parallel:  # the attention reads the block's input, not the MLP's
             return out
         kv, d = self.heads // self.rep, g.shape[-1]
-        z = (g @ self.w_z).view(k, kv, self.rep, -1)  # (k, K, rep, e)
-        w_a = self.w_a.view(kv, -1, d)  # (K, e, d)
+        z = (g @ self._w_z()).view(k, kv, self.rep, -1)  # (k, K, rep, e)
+        w_a = self._w_a().reshape(kv, -1, d)  # (K, e, d)
         u = torch.bmm(z.permute(1, 0, 2, 3).reshape(kv, k * self.rep, -1), w_a)
         u = u.view(kv, k, self.rep, d).permute(1, 0, 2, 3).reshape(k, self.heads, d)
         p = self._entries(positions, slice(0, m)).permute(1, 2, 0)  # (k, m keys, H)
@@ -229,12 +229,24 @@ class BlockTranspose:
                 )
         return out
 
+    def _w_z(self) -> torch.Tensor:
+        """``(d_model, H * d_head)``: ``W_O^T`` with the post-attention norm's weight and
+        centring folded in (``W_O^T`` itself, a view, without that norm)."""
+        w = self.w_o.T
+        return w if self.attn_post is None else self.attn_post.fold_rows(w)
+
+    def _w_a(self) -> torch.Tensor:
+        """``(K * d_head, d_model)``: ``W_V^T`` with ``ln1``'s weight and centring folded in."""
+        w = self.w_v.T
+        return w if self.ln1 is None else self.ln1.fold_cols(w)
+
     def _entries(self, q: slice | torch.Tensor, k: slice) -> torch.Tensor:
         """``(H, q, k)`` entries of the pattern as the products use them: divided by the
         folded norms' scales at their query and key, frozen heads zero."""
-        f = None if self.q_scale is None else self.q_scale[q][:, None]
-        if self.k_scale is not None:
-            f = self.k_scale[k] if f is None else f * self.k_scale[k]
+        f = None if self.attn_post is None else 1.0 / self.attn_post.scale[q]  # (q, 1)
+        if self.ln1 is not None:
+            k_scale = 1.0 / self.ln1.scale[k, 0]
+            f = k_scale if f is None else f * k_scale
         if self.head_mask is not None:
             mask = self.head_mask[:, None, None]
             f = mask if f is None else f * mask
@@ -381,22 +393,15 @@ def block_transpose(
         mask[list(frozen_heads)] = 0.0
     p = pattern.detach()[0]
     causal = bool((torch.triu(p, diagonal=1) == 0).all())
-    w_z = attn.W_O.detach().reshape(heads * d_head, -1).T  # (d, H e)
-    w_a = w_v.permute(1, 0, 2).reshape(w_v.shape[1], kv * d_head).T  # (K e, d)
-    q_scale = k_scale = None
-    if isinstance(attn_post, _Norm):  # folded: its weight into W_z, its scale per query
-        w_z, q_scale = attn_post.fold_rows(w_z), 1.0 / attn_post.scale[:, 0]
-    if isinstance(ln1, _Norm):  # its weight into W_a, its scale per key
-        w_a, k_scale = ln1.fold_cols(w_a), 1.0 / ln1.scale[:, 0]
     return BlockTranspose(
+        ln1=ln1,  # type: ignore[arg-type]
+        attn_post=attn_post,  # type: ignore[arg-type]
         mlp_post=mlp_post,  # type: ignore[arg-type]
         in_map=in_map,  # type: ignore[arg-type]
         final=final,  # type: ignore[arg-type]
-        w_z=w_z.contiguous(),
-        w_a=w_a.contiguous(),
+        w_o=attn.W_O.detach().reshape(heads * d_head, -1),
+        w_v=w_v.permute(1, 0, 2).reshape(w_v.shape[1], kv * d_head),
         pattern=p,
-        q_scale=q_scale,
-        k_scale=k_scale,
         heads=heads,
         rep=heads // kv,
         head_mask=mask,
@@ -443,7 +448,7 @@ def check_transpose(
         summation-order differences give ~1e-6; a misread block gives ~1).
     """
     gen = torch.Generator(device="cpu").manual_seed(seed)
-    dtype, device = transpose.w_z.dtype, transpose.w_z.device
+    dtype, device = transpose.w_o.dtype, transpose.w_o.device
     g_out = torch.randn((2, *out_shape), generator=gen, dtype=dtype).to(device)
     g_x = torch.randn((2, *in_shape), generator=gen, dtype=dtype).to(device)
     worst = 0.0
