@@ -29,6 +29,23 @@ def test_rows_are_stored_with_int32_indices_and_offsets():
     assert chunk.nnz == int((block != 0).sum())
 
 
+@pytest.mark.parametrize("entries", [1, 37, 1 << 18], ids=["a-row-at-a-time", "a-few", "one-scan"])
+def test_rows_scanned_a_few_at_a_time_give_the_same_chunk(monkeypatch, entries):
+    """``add`` scans a block ``_GROUP_ENTRIES // n_cols`` rows at a time (at least one): every
+    grouping gives the dense block back, gap included, and empty rows keep their offsets."""
+    monkeypatch.setattr(_rows, "_GROUP_ENTRIES", entries)
+    gen = torch.Generator().manual_seed(2)
+    full = _sparse_rows(gen, 9, 30)
+    full[:, 8:12] = 0
+    full[3] = 0  # an empty row between groups
+    narrow = torch.cat([full[:, :8], full[:, 12:]], dim=1)
+    store = RowStore(30)
+    store.add(np.arange(9), narrow, gap=(8, 4))
+    [(_, chunk)] = store.chunks()
+    assert np.array_equal(chunk.toarray(), full.numpy())
+    assert chunk.indptr[3] == chunk.indptr[4] and chunk.nnz == int((full != 0).sum())
+
+
 def test_a_gap_of_zero_columns_is_put_back_in_place():
     gen = torch.Generator().manual_seed(1)
     full = _sparse_rows(gen, 5, 40)
